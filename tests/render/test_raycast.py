@@ -36,7 +36,7 @@ def _partial_volume(inside, sub: int = 4) -> np.ndarray:
 def _material_volume(frac: np.ndarray, channel: int, density: float) -> MaterialVolume:
     dens = np.zeros((N, N, N, 3), dtype=np.float32)
     dens[..., channel] = frac * density
-    return MaterialVolume(dens, _grid_affine())
+    return MaterialVolume.from_densities(dens, _grid_affine())
 
 
 def _rays(geometry: Geometry):

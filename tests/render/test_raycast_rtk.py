@@ -5,6 +5,7 @@ import pytest
 
 from openfluoro.geometry.carm import CArmPose, Detector, Geometry, standard_view
 from openfluoro.render.raycast import MaterialVolume, project_materials
+from openfluoro.scene.materials import hu_to_material_densities
 from openfluoro.scene.volume import load_volume
 
 pytest.importorskip("itk")  # itk-rtk is in the test extra; skip loudly if someone removed it
@@ -26,7 +27,7 @@ def test_agrees_with_rtk_joseph_within_1_percent_rms(real_ct, view):
         standard_view(view, CArmPose(isocentre_lps_mm=tuple(vol.centre_lps_mm))), Detector.square(128, 400.0)
     )
     ours = project_materials(mvol, geometry).sum(axis=0)          # g/cm2, all materials
-    ref = rtk_line_integrals(mvol.density.sum(axis=3), vol.affine_lps, geometry) / 10.0  # g/cm3*mm -> g/cm2
+    ref = rtk_line_integrals(hu_to_material_densities(vol.hu).sum(axis=3), vol.affine_lps, geometry) / 10.0  # g/cm3*mm -> g/cm2
     body = ref > 0.05 * ref.max()
     assert body.mean() > 0.2, "the CT should fill a good part of the field"
     rel = (ours[body] - ref[body]) / ref[body]

@@ -2,9 +2,10 @@
 
 The kernel is Joseph's method (P. M. Joseph, IEEE TMI 1 (1982) 192): each ray
 steps through the volume one voxel plane at a time along its dominant index
-axis and interpolates bilinearly within the plane. Every interpolation reads
-all material channels of the four neighbouring voxels at once (they are stored
-last-axis-contiguous), so the volume is traversed once for all materials.
+axis and interpolates bilinearly within the plane. Soft tissue and bone are
+packed side by side as uint16 (4 bytes a voxel, as much as one float32), so one
+read of the four neighbouring voxels serves both materials and the volume is
+traversed once; metal lives in its own small block around the implant.
 """
 
 from __future__ import annotations
@@ -15,28 +16,103 @@ import numba
 import numpy as np
 
 from openfluoro.geometry.carm import Geometry, pixel_offsets_mm
-from openfluoro.scene.materials import MATERIALS, hu_to_material_densities
+from openfluoro.scene.materials import BONE, MATERIALS, METAL, METAL_HU, SOFT, hu_to_material_densities
 from openfluoro.scene.volume import Volume
+
+
+#: Packed densities are uint16 counts of this many g/cm3 (0 .. 16.4 g/cm3, steps of 0.025 %
+#: of water's density): a voxel's two channels then take 4 bytes, as one float32 would.
+DENSITY_QUANTUM_G_CM3 = 2.5e-4
+_EMPTY_G_CM3 = 0.005  # below this a voxel counts as empty when cropping (air is 0.0012)
+
+
+@dataclass(frozen=True, eq=False)
+class PackedBlock:
+    """A box of voxels with two material channels packed as uint16, and where they go.
+
+    ``counts[k, j, i, 2]`` x ``DENSITY_QUANTUM_G_CM3`` are the densities of materials
+    ``channels[0]`` and ``channels[1]``; ``affine_lps`` maps this box's own indices.
+    """
+
+    counts: np.ndarray
+    affine_lps: np.ndarray
+    channels: tuple[int, int]
 
 
 @dataclass(frozen=True, eq=False)
 class MaterialVolume:
-    """Partial mass densities (g/cm3) per material on a volume's grid, ready for the projector.
+    """Partial mass densities per material, packed for the projector.
 
-    ``density[k, j, i, m]``; ``affine_lps`` as in ``Volume``.
+    Soft tissue and bone share one block cropped to the non-empty voxels; metal, which
+    is rare, gets a block of its own around the metal voxels (none without metal).
     """
 
-    density: np.ndarray
-    affine_lps: np.ndarray
+    blocks: tuple[PackedBlock, ...]
+    shape: tuple[int, int, int]
     materials: tuple[str, ...] = MATERIALS
 
     @classmethod
-    def from_volume(cls, volume: Volume) -> "MaterialVolume":
-        return cls(np.ascontiguousarray(hu_to_material_densities(volume.hu)), volume.affine_lps)
+    def from_volume(cls, volume: Volume, chunk_slices: int = 16) -> "MaterialVolume":
+        """Decompose HU into material densities (``scene.materials``), a few slices at a time."""
+        nk = volume.shape[0]
+        soft_bone = np.empty(volume.shape + (2,), dtype=np.uint16)
+        metal = np.zeros(volume.shape, dtype=np.float32) if np.any(volume.hu >= METAL_HU) else None
+        for k0 in range(0, nk, chunk_slices):
+            dens = hu_to_material_densities(volume.hu[k0:k0 + chunk_slices])
+            soft_bone[k0:k0 + chunk_slices] = _quantise(dens[..., [SOFT, BONE]])
+            if metal is not None:
+                metal[k0:k0 + chunk_slices] = dens[..., METAL]
+        return cls._from_parts(soft_bone, metal, volume.affine_lps, volume.shape)
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.density.shape[:3])  # type: ignore[return-value]
+    @classmethod
+    def from_densities(cls, density: np.ndarray, affine_lps: np.ndarray) -> "MaterialVolume":
+        """From partial densities ``density[k, j, i, m]`` in g/cm3, m in ``MATERIALS`` order."""
+        density = np.asarray(density, dtype=np.float32)
+        if density.ndim != 4 or density.shape[3] != len(MATERIALS):
+            raise ValueError(f"density must have shape (k, j, i, {len(MATERIALS)}), got {density.shape}")
+        metal = density[..., METAL] if np.any(density[..., METAL] > 0) else None
+        return cls._from_parts(_quantise(density[..., [SOFT, BONE]]), metal,
+                               np.asarray(affine_lps, float), density.shape[:3])
+
+    @classmethod
+    def _from_parts(cls, soft_bone_counts, metal, affine, shape) -> "MaterialVolume":
+        blocks = []
+        box = _bounding_box(soft_bone_counts.max(axis=3) > _EMPTY_G_CM3 / DENSITY_QUANTUM_G_CM3)
+        if box is not None:
+            blocks.append(_block(soft_bone_counts, box, affine, (SOFT, BONE)))
+        if metal is not None:
+            mbox = _bounding_box(metal > 0)
+            counts = np.zeros(metal.shape + (2,), dtype=np.uint16)
+            counts[..., 0] = _quantise(metal)
+            blocks.append(_block(counts, mbox, affine, (METAL, METAL)))
+        return cls(tuple(blocks), tuple(int(n) for n in shape))
+
+
+def _quantise(density: np.ndarray) -> np.ndarray:
+    q = np.rint(np.asarray(density, dtype=np.float32) / DENSITY_QUANTUM_G_CM3)
+    return np.clip(q, 0, 65535).astype(np.uint16)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Index box of the True voxels, grown by one voxel so interpolation at its edges is exact."""
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(idx[0] - 1, 0), min(idx[-1] + 2, mask.shape[axis])))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def _block(counts: np.ndarray, box, affine: np.ndarray, channels: tuple[int, int]) -> PackedBlock:
+    sub = np.ascontiguousarray(counts[box])
+    # make every axis at least 2 voxels long so the bilinear stencil fits
+    pad = [(0, max(0, 2 - n)) for n in sub.shape[:3]] + [(0, 0)]
+    sub = np.pad(sub, pad)
+    shifted = np.array(affine, dtype=float, copy=True)
+    shifted[:3, 3] = affine[:3, :3] @ np.array([box[2].start, box[1].start, box[0].start]) + affine[:3, 3]
+    return PackedBlock(sub, shifted, channels)
 
 
 @dataclass(frozen=True)
@@ -61,7 +137,7 @@ def project_materials(
     segments, say) can be cast into one image.
     """
     det = geometry.detector
-    n_mat = mvol.density.shape[3]
+    n_mat = len(mvol.materials)
     rows, cols = det.image_rows, det.image_cols
     if out is None:
         out = np.zeros((n_mat, rows, cols), dtype=np.float32)
@@ -75,20 +151,15 @@ def project_materials(
     pix00 = pose.detector_centre_lps_mm + u_off[0] * pose.u_axis + v_off[0] * pose.v_axis
     du = det.image_pitch_mm * pose.u_axis
     dv = det.image_pitch_mm * pose.v_axis
-
-    inv = np.linalg.inv(mvol.affine_lps)
-    lin, off = inv[:3, :3], inv[:3, 3]
     src_w = pose.source_lps_mm
-    src_i = lin @ src_w + off
-    pix00_i = lin @ pix00 + off
-    du_i, dv_i = lin @ du, lin @ dv
-
-    _cast_kernel(
-        mvol.density, out,
-        src_w.astype(np.float64), pix00.astype(np.float64), du.astype(np.float64), dv.astype(np.float64),
-        src_i.astype(np.float64), pix00_i.astype(np.float64), du_i.astype(np.float64), dv_i.astype(np.float64),
-        window.row0, window.row1, window.col0, window.col1,
-    )
+    for block in mvol.blocks:
+        inv = np.linalg.inv(block.affine_lps)
+        lin, off = inv[:3, :3], inv[:3, 3]
+        _cast_kernel(
+            block.counts, DENSITY_QUANTUM_G_CM3, out, block.channels[0], block.channels[1],
+            src_w, pix00, du, dv, lin @ src_w + off, lin @ pix00 + off, lin @ du, lin @ dv,
+            window.row0, window.row1, window.col0, window.col1,
+        )
     return out
 
 
@@ -104,11 +175,24 @@ def _axis_range(s: float, d: float, n: int) -> tuple[float, float]:
     return (ta, tb) if ta < tb else (tb, ta)
 
 
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _plane_range(s: float, d: float, t0: float, t1: float) -> tuple[int, int]:
+    """First and last integer plane index the ray crosses along an axis for t in [t0, t1]."""
+    lo = s + t0 * d
+    hi = s + t1 * d
+    if lo > hi:
+        lo, hi = hi, lo
+    return int(np.ceil(lo - 1e-9)), int(np.floor(hi + 1e-9))
+
+
 @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
-def _cast_kernel(vol, out, src_w, pix00_w, du_w, dv_w, src_i, pix00_i, du_i, dv_i, r0, r1, c0, c1):
-    nk, nj, ni, nm = vol.shape
+def _cast_kernel(vol, quantum, out, ch0, ch1, src_w, pix00_w, du_w, dv_w, src_i, pix00_i, du_i, dv_i,
+                 r0, r1, c0, c1):
+    """Joseph ray casting of a two-channel packed block into ``out[ch0]`` and ``out[ch1]``."""
+    nk, nj, ni, _ = vol.shape
+    flat = vol.ravel()
+    s_i, s_j, s_k = 2, 2 * ni, 2 * ni * nj  # flat strides of i, j, k (2 channels per voxel)
     for r in numba.prange(r0, r1):
-        acc = np.zeros(nm, dtype=np.float64)
         for c in range(c0, c1):
             # ray in world (for lengths) and index space (for sampling)
             wx = pix00_w[0] + c * du_w[0] + r * dv_w[0] - src_w[0]
@@ -128,80 +212,48 @@ def _cast_kernel(vol, out, src_w, pix00_w, du_w, dv_w, src_i, pix00_i, du_i, dv_
             t0, t1 = max(t0, a), min(t1, b)
             if t1 <= t0:
                 continue
-            for m in range(nm):
-                acc[m] = 0.0
             adi, adj, adk = abs(di), abs(dj), abs(dk)
-            if adi >= adj and adi >= adk:
-                # dominant axis i: planes i = const, bilinear in (j, k)
+            # Walk the planes of the dominant axis; (x, y) are the two in-plane coordinates,
+            # advanced by (gx, gy) per plane; sp, sx, sy are the flat strides of p, x, y.
+            if adi >= adj and adi >= adk:       # planes i = p; x -> j, y -> k
                 step_mm = wlen / adi
-                lo = src_i[0] + t0 * di
-                hi = src_i[0] + t1 * di
-                if lo > hi:
-                    lo, hi = hi, lo
-                p0 = int(np.ceil(lo - 1e-9))
-                p1 = int(np.floor(hi + 1e-9))
-                for p in range(p0, p1 + 1):
-                    t = (p - src_i[0]) / di
-                    y = src_i[1] + t * dj
-                    z = src_i[2] + t * dk
-                    y0 = min(max(int(y), 0), nj - 2)
-                    z0 = min(max(int(z), 0), nk - 2)
-                    fy = y - y0
-                    fz = z - z0
-                    w00 = (1 - fy) * (1 - fz)
-                    w10 = fy * (1 - fz)
-                    w01 = (1 - fy) * fz
-                    w11 = fy * fz
-                    for m in range(nm):
-                        acc[m] += (w00 * vol[z0, y0, p, m] + w10 * vol[z0, y0 + 1, p, m]
-                                   + w01 * vol[z0 + 1, y0, p, m] + w11 * vol[z0 + 1, y0 + 1, p, m])
-            elif adj >= adk:
+                p0, p1 = _plane_range(src_i[0], di, t0, t1)
+                gx, gy = dj / di, dk / di
+                x = src_i[1] + (p0 - src_i[0]) * gx
+                y = src_i[2] + (p0 - src_i[0]) * gy
+                nx, ny, sp, sx, sy = nj, nk, s_i, s_j, s_k
+            elif adj >= adk:                    # planes j = p; x -> i, y -> k
                 step_mm = wlen / adj
-                lo = src_i[1] + t0 * dj
-                hi = src_i[1] + t1 * dj
-                if lo > hi:
-                    lo, hi = hi, lo
-                p0 = int(np.ceil(lo - 1e-9))
-                p1 = int(np.floor(hi + 1e-9))
-                for p in range(p0, p1 + 1):
-                    t = (p - src_i[1]) / dj
-                    x = src_i[0] + t * di
-                    z = src_i[2] + t * dk
-                    x0 = min(max(int(x), 0), ni - 2)
-                    z0 = min(max(int(z), 0), nk - 2)
-                    fx = x - x0
-                    fz = z - z0
-                    w00 = (1 - fx) * (1 - fz)
-                    w10 = fx * (1 - fz)
-                    w01 = (1 - fx) * fz
-                    w11 = fx * fz
-                    for m in range(nm):
-                        acc[m] += (w00 * vol[z0, p, x0, m] + w10 * vol[z0, p, x0 + 1, m]
-                                   + w01 * vol[z0 + 1, p, x0, m] + w11 * vol[z0 + 1, p, x0 + 1, m])
-            else:
+                p0, p1 = _plane_range(src_i[1], dj, t0, t1)
+                gx, gy = di / dj, dk / dj
+                x = src_i[0] + (p0 - src_i[1]) * gx
+                y = src_i[2] + (p0 - src_i[1]) * gy
+                nx, ny, sp, sx, sy = ni, nk, s_j, s_i, s_k
+            else:                               # planes k = p; x -> i, y -> j
                 step_mm = wlen / adk
-                lo = src_i[2] + t0 * dk
-                hi = src_i[2] + t1 * dk
-                if lo > hi:
-                    lo, hi = hi, lo
-                p0 = int(np.ceil(lo - 1e-9))
-                p1 = int(np.floor(hi + 1e-9))
-                for p in range(p0, p1 + 1):
-                    t = (p - src_i[2]) / dk
-                    x = src_i[0] + t * di
-                    y = src_i[1] + t * dj
-                    x0 = min(max(int(x), 0), ni - 2)
-                    y0 = min(max(int(y), 0), nj - 2)
-                    fx = x - x0
-                    fy = y - y0
-                    w00 = (1 - fx) * (1 - fy)
-                    w10 = fx * (1 - fy)
-                    w01 = (1 - fx) * fy
-                    w11 = fx * fy
-                    for m in range(nm):
-                        acc[m] += (w00 * vol[p, y0, x0, m] + w10 * vol[p, y0, x0 + 1, m]
-                                   + w01 * vol[p, y0 + 1, x0, m] + w11 * vol[p, y0 + 1, x0 + 1, m])
-            # g/cm3 * mm -> g/cm2
-            scale = step_mm * 0.1
-            for m in range(nm):
-                out[m, r, c] += acc[m] * scale
+                p0, p1 = _plane_range(src_i[2], dk, t0, t1)
+                gx, gy = di / dk, dj / dk
+                x = src_i[0] + (p0 - src_i[2]) * gx
+                y = src_i[1] + (p0 - src_i[2]) * gy
+                nx, ny, sp, sx, sy = ni, nj, s_k, s_i, s_j
+            a0 = 0.0
+            a1 = 0.0
+            for p in range(p0, p1 + 1):
+                x0 = min(max(int(x), 0), nx - 2)
+                y0 = min(max(int(y), 0), ny - 2)
+                fx = x - x0
+                fy = y - y0
+                w00 = (1 - fx) * (1 - fy)
+                w10 = fx * (1 - fy)
+                w01 = (1 - fx) * fy
+                w11 = fx * fy
+                q = p * sp + x0 * sx + y0 * sy
+                a0 += (w00 * flat[q] + w10 * flat[q + sx] + w01 * flat[q + sy] + w11 * flat[q + sx + sy])
+                a1 += (w00 * flat[q + 1] + w10 * flat[q + sx + 1] + w01 * flat[q + sy + 1]
+                       + w11 * flat[q + sx + sy + 1])
+                x += gx
+                y += gy
+            # counts * quantum = g/cm3; g/cm3 * mm -> g/cm2
+            scale = step_mm * 0.1 * quantum
+            out[ch0, r, c] += a0 * scale
+            out[ch1, r, c] += a1 * scale
