@@ -1,0 +1,127 @@
+"""Loop recording: frames written to disk as they are acquired, and read back.
+
+A run folder holds
+  ``run.json``      header (image size, dtype, patient and study identity), written first;
+  ``frames.raw``    the frames' pixels, appended one after another (uint16, row-major);
+  ``frames.jsonl``  one JSON line of metadata per frame, written *after* its pixels.
+
+Each frame's pixels are flushed before its metadata line, and the metadata line is
+flushed at once, so a crash loses at most the frame in flight: on reading, a frame counts
+only when its metadata line is complete and its pixels are all there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from openfluoro.fluoro.frame import Frame
+
+HEADER = "run.json"
+PIXELS = "frames.raw"
+METADATA = "frames.jsonl"
+FORMAT_VERSION = 1
+
+
+class RecordingError(ValueError):
+    """A run folder is missing, unreadable or inconsistent; the message names the file."""
+
+
+class LoopRecorder:
+    """Appends frames to a run folder as they arrive. Use as a context manager."""
+
+    def __init__(self, folder: str | Path, rows: int, cols: int, identity: dict[str, Any] | None = None,
+                 fsync_every: int = 15) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if (self.folder / METADATA).exists() and (self.folder / METADATA).stat().st_size > 0:
+            raise RecordingError(f"{self.folder}: already holds a recording; choose an empty folder")
+        self.rows, self.cols = rows, cols
+        self.count = 0
+        self._fsync_every = fsync_every
+        header = {"format_version": FORMAT_VERSION, "rows": rows, "cols": cols, "dtype": "uint16",
+                  "identity": identity or {}}
+        (self.folder / HEADER).write_text(json.dumps(header, indent=2))
+        self._pixels = open(self.folder / PIXELS, "ab")
+        self._meta = open(self.folder / METADATA, "a", encoding="utf-8")
+
+    def append(self, frame: Frame) -> None:
+        img = np.ascontiguousarray(frame.image, dtype=np.uint16)
+        if img.shape != (self.rows, self.cols):
+            raise RecordingError(f"{self.folder}: frame {frame.index} is {img.shape}, run is {(self.rows, self.cols)}")
+        self._pixels.write(img.tobytes())
+        self._pixels.flush()
+        self._meta.write(json.dumps(frame.metadata()) + "\n")
+        self._meta.flush()
+        self.count += 1
+        if self.count % self._fsync_every == 0:
+            os.fsync(self._pixels.fileno())
+            os.fsync(self._meta.fileno())
+
+    def close(self) -> None:
+        for f in (self._pixels, self._meta):
+            if not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+
+    def __enter__(self) -> "LoopRecorder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A run read back from disk: header, per-frame metadata, and lazily mapped pixels."""
+
+    folder: Path
+    header: dict[str, Any]
+    metadata: tuple[dict[str, Any], ...]
+    pixels: np.ndarray  # (n_frames, rows, cols) uint16, memory-mapped
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    def frames(self) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        for img, meta in zip(self.pixels, self.metadata):
+            yield img, meta
+
+
+def read_run(folder: str | Path) -> RecordedRun:
+    """Read a run folder; a frame torn by a crash (incomplete pixels or metadata) is dropped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RecordingError(f"{folder}: no such run folder")
+    try:
+        header = json.loads((folder / HEADER).read_text())
+        rows, cols = int(header["rows"]), int(header["cols"])
+    except FileNotFoundError:
+        raise RecordingError(f"{folder / HEADER}: missing; this is not a recorded run") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise RecordingError(f"{folder / HEADER}: unreadable header ({exc})") from None
+    metas: list[dict[str, Any]] = []
+    meta_path = folder / METADATA
+    if meta_path.exists():
+        for n, line in enumerate(meta_path.read_text(encoding="utf-8").splitlines(keepends=True), 1):
+            if not line.endswith("\n"):
+                break  # torn last line
+            try:
+                metas.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise RecordingError(f"{meta_path}: line {n} is not valid JSON") from None
+    frame_bytes = rows * cols * 2
+    pix_path = folder / PIXELS
+    size = pix_path.stat().st_size if pix_path.exists() else 0
+    n = min(len(metas), size // frame_bytes)
+    if n == 0:
+        pixels = np.zeros((0, rows, cols), dtype=np.uint16)
+    else:
+        pixels = np.memmap(pix_path, dtype=np.uint16, mode="r", shape=(n, rows, cols))
+    return RecordedRun(folder, header, tuple(metas[:n]), pixels)
