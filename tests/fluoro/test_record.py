@@ -10,7 +10,7 @@ from openfluoro.geometry.carm import CArmPose, Detector, Geometry
 
 def _frame(i: int) -> Frame:
     g = Geometry(CArmPose(10.0 * i, 5.0), Detector.square(16))
-    img = np.full((16, 16), 100 * i, dtype=np.uint16)
+    img = np.full((16, 16), 50 * i, dtype=np.uint8)
     return Frame(i, i / 7.5, img, g, Exposure(75, 2.0, 8.0, 7.5), FrameDose(0.01, 0.001), ground_truth={"i": i})
 
 
@@ -21,7 +21,7 @@ def test_round_trip(tmp_path):
     run = read_run(tmp_path / "run")
     assert len(run) == 5 and run.header["identity"]["PatientName"] == "SYNTHETIC^PATIENT"
     for i, (img, meta) in enumerate(run.frames()):
-        assert img[0, 0] == 100 * i and meta["ground_truth"] == {"i": i}
+        assert img[0, 0] == 50 * i and meta["ground_truth"] == {"i": i}
         assert geometry_from_metadata(meta) == _frame(i).geometry
 
 
@@ -30,7 +30,7 @@ def test_crash_loses_at_most_the_frame_in_flight(tmp_path):
     for i in range(4):
         rec.append(_frame(i))
     # simulate a crash mid-frame: half the pixels of frame 4 and no metadata line
-    rec._pixels.write(b"\x01" * (16 * 16))
+    rec._pixels.write(b"\x01" * (16 * 8))
     rec._pixels.flush()
     run = read_run(tmp_path / "run")
     assert len(run) == 4
@@ -38,6 +38,17 @@ def test_crash_loses_at_most_the_frame_in_flight(tmp_path):
     rec._meta.write('{"index": 4, "trunc')
     rec._meta.flush()
     assert len(read_run(tmp_path / "run")) == 4
+
+
+def test_sixteen_bit_runs(tmp_path):
+    f = _frame(1)
+    deep = Frame(f.index, f.time_s, f.image.astype(np.uint16) * 16, f.geometry, f.exposure, f.dose)
+    with LoopRecorder(tmp_path / "run16", 16, 16, dtype="uint16") as rec:
+        rec.append(deep)
+        with pytest.raises(RecordingError, match="uint8"):
+            rec.append(f)
+    run = read_run(tmp_path / "run16")
+    assert run.pixels.dtype == np.uint16 and run.pixels[0, 0, 0] == 800
 
 
 def test_bad_folders_are_named(tmp_path):

@@ -38,8 +38,8 @@ class FrameDose:
 
 @dataclass(frozen=True, eq=False)
 class Frame:
-    """A processed frame (``image``: uint16, the image chain's output before display mapping)
-    with everything needed to archive it, dose it and check guidance against ground truth."""
+    """A processed frame (``image``: uint8, what the live monitor shows) with everything
+    needed to archive it, dose it and check guidance against ground truth."""
 
     index: int
     time_s: float

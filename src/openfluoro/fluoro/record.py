@@ -2,7 +2,8 @@
 
 A run folder holds
   ``run.json``      header (image size, dtype, patient and study identity), written first;
-  ``frames.raw``    the frames' pixels, appended one after another (uint16, row-major);
+  ``frames.raw``    the frames' pixels, appended one after another (row-major, in the
+                    header's ``dtype``: uint8 for monitor images, uint16 for deeper ones);
   ``frames.jsonl``  one JSON line of metadata per frame, written *after* its pixels.
 
 Each frame's pixels are flushed before its metadata line, and the metadata line is
@@ -36,22 +37,27 @@ class LoopRecorder:
     """Appends frames to a run folder as they arrive. Use as a context manager."""
 
     def __init__(self, folder: str | Path, rows: int, cols: int, identity: dict[str, Any] | None = None,
-                 fsync_every: int = 15) -> None:
+                 fsync_every: int = 15, dtype: str = "uint8") -> None:
+        if dtype not in ("uint8", "uint16"):
+            raise RecordingError(f"{folder}: dtype must be uint8 or uint16, got {dtype!r}")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         if (self.folder / METADATA).exists() and (self.folder / METADATA).stat().st_size > 0:
             raise RecordingError(f"{self.folder}: already holds a recording; choose an empty folder")
         self.rows, self.cols = rows, cols
+        self.dtype = np.dtype(dtype)
         self.count = 0
         self._fsync_every = fsync_every
-        header = {"format_version": FORMAT_VERSION, "rows": rows, "cols": cols, "dtype": "uint16",
+        header = {"format_version": FORMAT_VERSION, "rows": rows, "cols": cols, "dtype": dtype,
                   "identity": identity or {}}
         (self.folder / HEADER).write_text(json.dumps(header, indent=2))
         self._pixels = open(self.folder / PIXELS, "ab")
         self._meta = open(self.folder / METADATA, "a", encoding="utf-8")
 
     def append(self, frame: Frame) -> None:
-        img = np.ascontiguousarray(frame.image, dtype=np.uint16)
+        if frame.image.dtype != self.dtype:
+            raise RecordingError(f"{self.folder}: frame {frame.index} is {frame.image.dtype}, run is {self.dtype}")
+        img = np.ascontiguousarray(frame.image)
         if img.shape != (self.rows, self.cols):
             raise RecordingError(f"{self.folder}: frame {frame.index} is {img.shape}, run is {(self.rows, self.cols)}")
         self._pixels.write(img.tobytes())
@@ -84,7 +90,7 @@ class RecordedRun:
     folder: Path
     header: dict[str, Any]
     metadata: tuple[dict[str, Any], ...]
-    pixels: np.ndarray  # (n_frames, rows, cols) uint16, memory-mapped
+    pixels: np.ndarray  # (n_frames, rows, cols) in the header's dtype, memory-mapped
 
     def __len__(self) -> int:
         return len(self.metadata)
@@ -102,6 +108,7 @@ def read_run(folder: str | Path) -> RecordedRun:
     try:
         header = json.loads((folder / HEADER).read_text())
         rows, cols = int(header["rows"]), int(header["cols"])
+        dtype = np.dtype(header.get("dtype", "uint16"))
     except FileNotFoundError:
         raise RecordingError(f"{folder / HEADER}: missing; this is not a recorded run") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -116,12 +123,12 @@ def read_run(folder: str | Path) -> RecordedRun:
                 metas.append(json.loads(line))
             except json.JSONDecodeError:
                 raise RecordingError(f"{meta_path}: line {n} is not valid JSON") from None
-    frame_bytes = rows * cols * 2
+    frame_bytes = rows * cols * dtype.itemsize
     pix_path = folder / PIXELS
     size = pix_path.stat().st_size if pix_path.exists() else 0
     n = min(len(metas), size // frame_bytes)
     if n == 0:
-        pixels = np.zeros((0, rows, cols), dtype=np.uint16)
+        pixels = np.zeros((0, rows, cols), dtype=dtype)
     else:
-        pixels = np.memmap(pix_path, dtype=np.uint16, mode="r", shape=(n, rows, cols))
+        pixels = np.memmap(pix_path, dtype=dtype, mode="r", shape=(n, rows, cols))
     return RecordedRun(folder, header, tuple(metas[:n]), pixels)
