@@ -52,17 +52,48 @@ class MaterialVolume:
     materials: tuple[str, ...] = MATERIALS
 
     @classmethod
-    def from_volume(cls, volume: Volume, chunk_slices: int = 16) -> "MaterialVolume":
-        """Decompose HU into material densities (``scene.materials``), a few slices at a time."""
+    def from_volume(cls, volume: Volume, keep: np.ndarray | None = None,
+                    chunk_slices: int = 16) -> "MaterialVolume":
+        """Decompose HU into material densities (``scene.materials``), a few slices at a time.
+
+        ``keep`` (boolean, the volume's shape) limits the result to those voxels; the
+        rest are empty (used to cut a patient into rigid segments and a background).
+        """
         nk = volume.shape[0]
+        if keep is not None and keep.shape != volume.shape:
+            raise ValueError(f"keep mask {keep.shape} does not match the volume {volume.shape}")
         soft_bone = np.empty(volume.shape + (2,), dtype=np.uint16)
-        metal = np.zeros(volume.shape, dtype=np.float32) if np.any(volume.hu >= METAL_HU) else None
+        hu_metal = volume.hu >= METAL_HU
+        has_metal = bool(np.any(hu_metal if keep is None else hu_metal & keep))
+        metal = np.zeros(volume.shape, dtype=np.float32) if has_metal else None
         for k0 in range(0, nk, chunk_slices):
-            dens = hu_to_material_densities(volume.hu[k0:k0 + chunk_slices])
-            soft_bone[k0:k0 + chunk_slices] = _quantise(dens[..., [SOFT, BONE]])
+            sl = slice(k0, k0 + chunk_slices)
+            dens = hu_to_material_densities(volume.hu[sl])
+            if keep is not None:
+                dens[~keep[sl]] = 0.0
+            soft_bone[sl] = _quantise(dens[..., [SOFT, BONE]])
             if metal is not None:
-                metal[k0:k0 + chunk_slices] = dens[..., METAL]
+                metal[sl] = dens[..., METAL]
         return cls._from_parts(soft_bone, metal, volume.affine_lps, volume.shape)
+
+    def moved(self, transform_lps: np.ndarray) -> "MaterialVolume":
+        """The same voxels carried by an affine map of patient space (4x4, LPS mm).
+
+        Joseph's method works on any grid affine, so projecting the moved volume is exact
+        for a rigid motion; a stretch keeps each voxel's density (see ``scene.segments``).
+        """
+        t = np.asarray(transform_lps, dtype=float)
+        return MaterialVolume(tuple(PackedBlock(b.counts, t @ b.affine_lps, b.channels) for b in self.blocks),
+                              self.shape, self.materials)
+
+    def corners_lps_mm(self) -> np.ndarray:
+        """(8 * n_blocks, 3) LPS corners of the blocks' voxel grids, for projected bounding boxes."""
+        pts = []
+        for b in self.blocks:
+            nk, nj, ni = b.counts.shape[:3]
+            for c in np.array([[i, j, k] for i in (0, ni - 1) for j in (0, nj - 1) for k in (0, nk - 1)], float):
+                pts.append(b.affine_lps[:3, :3] @ c + b.affine_lps[:3, 3])
+        return np.array(pts).reshape(-1, 3)
 
     @classmethod
     def from_densities(cls, density: np.ndarray, affine_lps: np.ndarray) -> "MaterialVolume":
