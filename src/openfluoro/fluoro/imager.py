@@ -60,3 +60,41 @@ class Imager:
         if collimation_mask is not None:
             signal = np.where(collimation_mask, signal, np.float32(0.0)).astype(np.float32)
         return ExposedImage(signal, n0, self.dose(exposure, geometry))
+
+
+class LiveImager:
+    """An ``Imager`` for a frame stream: the signal's mean and variance are kept between
+    frames and recomputed only inside the windows where the path lengths changed (the
+    needle's), so a frame costs the noise draw plus a small look-up."""
+
+    def __init__(self, imager: Imager | None = None) -> None:
+        self.imager = imager or Imager()
+        self._key: tuple | None = None
+        self._mean: np.ndarray | None = None
+        self._var: np.ndarray | None = None
+
+    def expose(self, paths_g_cm2: np.ndarray, changed, geometry: Geometry, exposure: Exposure,
+               rng: np.random.Generator, collimation_mask: np.ndarray | None = None) -> ExposedImage:
+        """``changed``: list of ``PixelWindow`` that differ from the previous call's paths, or None."""
+        table = self.imager.table(exposure)
+        area = geometry.detector.image_pitch_mm**2
+        sid = geometry.pose.sid_mm
+        key = (geometry, exposure.kvp, exposure.mas, exposure.filtration_mm_al, exposure.filtration_mm_cu,
+               paths_g_cm2.shape)
+        if key != self._key or changed is None or self._mean is None:
+            self._mean, self._var = table.signal_moments(paths_g_cm2, exposure.mas, area, sid)
+            if collimation_mask is not None:
+                self._mean[~collimation_mask] = 0.0
+                self._var[~collimation_mask] = 0.0
+            self._key = key
+        else:
+            for w in changed:
+                table.signal_moments(paths_g_cm2, exposure.mas, area, sid, self._mean, self._var,
+                                     (w.row0, w.row1, w.col0, w.col1))
+                if collimation_mask is not None:
+                    blocked = ~collimation_mask[w.row0:w.row1, w.col0:w.col1]
+                    self._mean[w.row0:w.row1, w.col0:w.col1][blocked] = 0.0
+                    self._var[w.row0:w.row1, w.col0:w.col1][blocked] = 0.0
+        signal = table.noisy_from_moments(self._mean, self._var, rng)
+        n0 = table.open_field_quanta(exposure.mas, area, sid)
+        return ExposedImage(signal, n0, self.imager.dose(exposure, geometry))

@@ -22,7 +22,7 @@ import numpy as np
 from openfluoro.fluoro.chain import ChainSettings, ImageChain
 from openfluoro.fluoro.exposure import ExposureDecision, decide_exposure, pulse_width_ms
 from openfluoro.fluoro.frame import Exposure, Frame
-from openfluoro.fluoro.imager import Imager
+from openfluoro.fluoro.imager import Imager, LiveImager
 from openfluoro.fluoro.ledger import DoseLedger, DoseRecord
 from openfluoro.fluoro.record import LoopRecorder
 from openfluoro.geometry.carm import CArmPose, Collimator, Detector, Geometry, standard_view
@@ -78,7 +78,7 @@ class Session:
         self.csf_return = False
         self.opening_pressure_cmh2o: float | None = None
         self.events: list[tuple[float, str]] = []
-        self.imager = Imager()
+        self.imager = LiveImager(Imager())
         self.chain = ImageChain(chain_settings or ChainSettings())
         self.ledger = DoseLedger()
         self.recorder: LoopRecorder | None = None
@@ -323,7 +323,7 @@ class Session:
             exposure = replace(exposure, ma=exposure.ma * 4, acquisition="spot", pulse_rate_pps=0.0)
         mask = None if self.collimator.width_mm is None and self.collimator.height_mm is None \
             else self.collimator.mask(self.detector)
-        exposed = self.imager.expose(paths, geometry, exposure, self.rng, mask)
+        exposed = self.imager.expose(paths, self.renderer.changed, geometry, exposure, self.rng, mask)
         self.frame_index += 1
         display = self.chain.process(exposed.signal, {"i0": exposed.open_field_quanta,
                                                       "frame_number": self.frame_index})

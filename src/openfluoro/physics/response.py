@@ -42,7 +42,7 @@ import numba
 import numpy as np
 
 from openfluoro.physics.attenuation import material_attenuation_table
-from openfluoro.physics.detector import DetectorModel, add_noise
+from openfluoro.physics.detector import _BLOCK, _GAMMA, GAUSSIAN_ABOVE_QUANTA, DetectorModel, _mix, _uniform, add_noise
 from openfluoro.physics.spectrum import REFERENCE_DISTANCE_MM, Spectrum
 from openfluoro.scene.materials import MATERIALS
 
@@ -106,8 +106,46 @@ class ResponseTable:
         Its expectation is ``expected_signal_quanta``; divide by ``open_field_quanta``
         for a noisy transmission image.
         """
-        quanta, gain = self._quanta_and_gain(paths, mas, pixel_area_mm2, sid_mm)
-        return add_noise(quanta, rng, self.detector.electronic_noise_quanta, gain)
+        p = np.asarray(paths)
+        if p.ndim != 3:
+            quanta, gain = self._quanta_and_gain(paths, mas, pixel_area_mm2, sid_mm)
+            return add_noise(quanta, rng, self.detector.electronic_noise_quanta, gain)
+        mean, var = self.signal_moments(p, mas, pixel_area_mm2, sid_mm)
+        return self.noisy_from_moments(mean, var, rng)
+
+    def signal_moments(self, paths: np.ndarray, mas: float, pixel_area_mm2: float, sid_mm: float,
+                       mean_out: np.ndarray | None = None, var_out: np.ndarray | None = None,
+                       window: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean signal and its variance (open-beam detected quanta) for a (3, rows, cols) image.
+
+        With ``window = (r0, r1, c0, c1)`` only that rectangle of the given outputs is
+        updated: a live session recomputes just where the needle moved.
+        """
+        p = np.asarray(paths)
+        if p.ndim != 3 or p.shape[0] != len(MATERIALS) or p.dtype != np.float32:
+            raise ValueError(f"ResponseTable.signal_moments: paths must be float32 ({len(MATERIALS)}, rows, cols), "
+                             f"got {p.dtype} {p.shape}")
+        rows, cols = p.shape[1:]
+        if mean_out is None:
+            mean_out = np.empty((rows, cols), dtype=np.float32)
+        if var_out is None:
+            var_out = np.empty((rows, cols), dtype=np.float32)
+        r0, r1, c0, c1 = window if window is not None else (0, rows, 0, cols)
+        n0 = self.open_field_quanta(mas, pixel_area_mm2, sid_mm)
+        var_scale = n0 * self.energy_variance_factor / self.detector.optical_swank_factor
+        _moments_kernel(p, self.axes_g_cm2[0], self.axes_g_cm2[1], self.axes_g_cm2[2], self.log_tables,
+                        float(n0), float(var_scale), mean_out, var_out, r0, r1, c0, c1)
+        return mean_out, var_out
+
+    def noisy_from_moments(self, mean: np.ndarray, var: np.ndarray, rng: np.random.Generator,
+                           out: np.ndarray | None = None) -> np.ndarray:
+        """One noisy frame from ``signal_moments`` (quantum + electronic noise), float32."""
+        if out is None:
+            out = np.empty(mean.shape, dtype=np.float32)
+        seed = np.uint64(rng.integers(0, np.iinfo(np.int64).max, dtype=np.int64))
+        _noise_kernel(mean.reshape(-1), var.reshape(-1), _NORMALS, float(self.detector.electronic_noise_quanta),
+                      seed, out.reshape(-1))
+        return out
 
     # -- helpers -------------------------------------------------------------------------
     def _quanta_and_gain(self, paths, mas, pixel_area_mm2, sid_mm):
@@ -282,3 +320,88 @@ def _lookup_kernel(paths, ax0, ax1, ax2, tables, out_a, out_b, mode, n0, var_sca
             else:
                 out_a[p] = 0.0
                 out_b[p] = 0.0
+
+
+def _normal_table(n: int = 1 << 16) -> np.ndarray:
+    """Standard normal deviates at the n quantile midpoints (exact quantiles, mean 0, variance
+    normalised to 1): indexing it with uniform random integers draws N(0, 1) to within the
+    table's resolution, at the cost of one table read instead of Box-Muller's log/sin/cos."""
+    from scipy.special import ndtri
+
+    z = ndtri((np.arange(n) + 0.5) / n)
+    return (z / np.sqrt(np.mean(z**2))).astype(np.float32)
+
+
+_NORMALS = _normal_table()
+_LOW16 = np.uint64(0xFFFF)
+
+
+@numba.njit(inline="always", cache=True, fastmath=_FASTMATH)
+def _bilinear_or_trilinear(tables, c, i, fi, j, fj, k, fk):
+    """Interpolated log table ``c`` at (i+fi, j+fj, k+fk); the metal axis is skipped when k = fk = 0."""
+    gi = 1.0 - fi
+    gj = 1.0 - fj
+    if k == 0 and fk == 0.0:
+        return (gi * gj * tables[i, j, 0, c] + gi * fj * tables[i, j + 1, 0, c]
+                + fi * gj * tables[i + 1, j, 0, c] + fi * fj * tables[i + 1, j + 1, 0, c])
+    gk = 1.0 - fk
+    return (gi * gj * gk * tables[i, j, k, c] + gi * gj * fk * tables[i, j, k + 1, c]
+            + gi * fj * gk * tables[i, j + 1, k, c] + gi * fj * fk * tables[i, j + 1, k + 1, c]
+            + fi * gj * gk * tables[i + 1, j, k, c] + fi * gj * fk * tables[i + 1, j, k + 1, c]
+            + fi * fj * gk * tables[i + 1, j + 1, k, c] + fi * fj * fk * tables[i + 1, j + 1, k + 1, c])
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
+def _moments_kernel(paths, ax0, ax1, ax2, tables, n0, var_scale, mean_out, var_out, r0, r1, c0, c1):
+    """Mean signal ``n0 T`` and its variance ``var_scale V`` per pixel of a (3, rows, cols)
+    path image, inside rows [r0, r1) x cols [c0, c1)."""
+    for r in numba.prange(r0, r1):
+        for c in range(c0, c1):
+            i, fi = _locate(paths[0, r, c], ax0)
+            j, fj = _locate(paths[1, r, c], ax1)
+            k, fk = _locate(paths[2, r, c], ax2)
+            mean_out[r, c] = n0 * np.exp(_bilinear_or_trilinear(tables, 0, i, fi, j, fj, k, fk))
+            var_out[r, c] = var_scale * np.exp(_bilinear_or_trilinear(tables, 1, i, fi, j, fj, k, fk))
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
+def _noise_kernel(mean, var, normals, sigma_e, seed, out):
+    """``gain * Poisson(Q) + N(0, sigma_e^2)`` per pixel with ``Q = mean^2 / var`` and
+    ``gain = var / mean`` (the noise model of ``add_noise``), drawn as one Gaussian of the
+    summed variance where ``Q`` is above ``GAUSSIAN_ABOVE_QUANTA``. Random streams are per
+    block of pixels, as in ``add_noise``; one 64-bit draw gives four normal deviates."""
+    n = mean.size
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    s2 = sigma_e * sigma_e
+    for b in numba.prange(n_blocks):
+        state = _mix(seed ^ _mix(np.uint64(b) + np.uint64(1)))
+        lo = b * _BLOCK
+        hi = min(lo + _BLOCK, n)
+        bits = np.uint64(0)
+        left = 0
+        for p in range(lo, hi):
+            if left == 0:
+                state = state + _GAMMA
+                bits = _mix(state)
+                left = 4
+            z = normals[np.int64(bits & _LOW16)]
+            bits = bits >> np.uint64(16)
+            left -= 1
+            m = mean[p]
+            v = var[p]
+            if m <= 0.0 or v <= 0.0:
+                out[p] = sigma_e * z
+            elif m * m >= GAUSSIAN_ABOVE_QUANTA * v:
+                x = m + np.sqrt(v + s2) * z
+                out[p] = x if x > -4.0 * sigma_e else -4.0 * sigma_e
+            else:                                   # exact Poisson by CDF inversion
+                q = m * m / v
+                state, u = _uniform(state)
+                pk = np.exp(-q)
+                cdf = pk
+                kk = 0
+                while u > cdf and kk < 1000:
+                    kk += 1
+                    pk *= q / kk
+                    cdf += pk
+                out[p] = (v / m) * kk + sigma_e * z

@@ -68,6 +68,8 @@ class SceneRenderer:
         self._work: np.ndarray | None = None
         self._dirty: list[PixelWindow] = []
         self.casts = 0                                   # full anatomy casts, for tests and benchmarks
+        #: windows of the last ``paths`` result that differ from the call before; None = all
+        self.changed: list[PixelWindow] | None = None
 
     # -- anatomy ------------------------------------------------------------------------
     def _ensure(self, geometry: Geometry) -> None:
@@ -89,8 +91,10 @@ class SceneRenderer:
 
         The returned array is an internal buffer, valid until the next call.
         """
+        casts = self.casts
         self._ensure(geometry)
         assert self._static is not None and self._work is not None and self._background_only is not None
+        changed: list[PixelWindow] | None = None if self.casts != casts else list(self._dirty)
         moving = {n: t for n, t in (segment_transforms or {}).items()
                   if n in self.segments and not np.allclose(t, np.eye(4))}
         work = self._work
@@ -102,6 +106,7 @@ class SceneRenderer:
                 if win is not None:
                     project_materials(mat, geometry, win, out=work)
             self._dirty = [PixelWindow(0, work.shape[1], 0, work.shape[2])]
+            changed = None
         else:
             for w in self._dirty:  # undo the last frame's additions only where they were made
                 work[:, w.row0:w.row1, w.col0:w.col1] = self._static[:, w.row0:w.row1, w.col0:w.col1]
@@ -110,6 +115,9 @@ class SceneRenderer:
             win = project_needle(needle, geometry, out=work)
             if win is not None and win.row1 > win.row0 and win.col1 > win.col0:
                 self._dirty.append(win)
+                if changed is not None:
+                    changed.append(win)
+        self.changed = changed
         return work
 
 
