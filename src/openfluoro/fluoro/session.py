@@ -97,6 +97,12 @@ class Session:
         self.traction_model = TractionModel(body_mass_kg=body_mass_kg, degeneration=disc_degeneration)
         self.traction = TractionState()
 
+    @classmethod
+    def for_patient(cls, patient: Patient, **kwargs: Any) -> "Session":
+        """A session whose traction uses the label ids in the patient's landmarks, if any."""
+        return cls(patient, vertebra_ids=patient.landmarks.get("vertebra_ids"),
+                   disc_ids=patient.landmarks.get("disc_ids"), **kwargs)
+
     # ------------------------------------------------------------------ consumers
     def subscribe(self, consumer: FrameConsumer) -> Callable[[], None]:
         """Call ``consumer(frame)`` for every frame; returns a function that unsubscribes."""

@@ -91,3 +91,19 @@ def load_patient(volume_path: str | Path, labels_path: str | Path | None = None,
                           f"the CT grid {vol.shape}")
     full[label_offset_k:label_offset_k + lab.shape[0]] = lab
     return Patient(vol, full, dict(TOTALSEG_VERTEBRAE), description=f"{volume_path} + {labels_path}")
+
+
+def patient_from_phantom(phantom) -> Patient:
+    """The built-in phantom as a ``Patient``, with the spine's label ids for traction.
+
+    Landmarks gain ``vertebra_ids`` (T12..L5, sacrum) and ``disc_ids`` ("L3-L4", ...), and
+    ``isocentre_lps_mm`` at the L3 body centre (the phantom's origin) when absent.
+    """
+    names = dict(phantom.label_table)
+    vertebra_ids = {n: k for k, n in names.items() if n in ("T12", "L1", "L2", "L3", "L4", "L5", "sacrum")}
+    disc_ids = {n[len("disc_"):].replace("_", "-"): k for k, n in names.items() if n.startswith("disc_")}
+    landmarks = dict(phantom.landmarks)
+    landmarks.setdefault("isocentre_lps_mm", (0.0, 0.0, 0.0))
+    landmarks["vertebra_ids"] = vertebra_ids
+    landmarks["disc_ids"] = disc_ids
+    return Patient(phantom.volume, np.asarray(phantom.labels), names, landmarks, "built-in lumbar phantom")
