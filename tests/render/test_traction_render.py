@@ -5,7 +5,7 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 from openfluoro.geometry.carm import CArmPose, Detector, Geometry, standard_view
-from openfluoro.render.cache import SceneRenderer
+from openfluoro.render.cache import FILL_G_CM3, SceneRenderer
 from openfluoro.render.raycast import MaterialVolume, project_materials
 from openfluoro.scene.materials import BONE, SOFT, hu_to_material_densities
 from openfluoro.scene.segments import SpineMotion, measure_spine
@@ -18,11 +18,13 @@ OPENING = 3.0
 
 
 def _deformed_densities(patient, segment_ids, transforms):
-    """The deformed patient as a voxel volume: every segment's (masked) densities resampled
-    trilinearly through the inverse of its map, added to the background with holes."""
+    """The deformed patient as a voxel volume: every segment's (masked) densities, relative to
+    the soft tissue that fills its place, resampled trilinearly through the inverse of its
+    map and added to the background (in which soft tissue fills the segments' places)."""
     dens = hu_to_material_densities(patient.volume.hu)
     movable = np.isin(patient.labels, list(segment_ids.values()))
     out = np.where(movable[..., None], 0.0, dens).astype(np.float32)
+    out[movable, SOFT] = FILL_G_CM3
     nk, nj, ni = patient.volume.shape
     kk, jj, ii = np.meshgrid(np.arange(nk), np.arange(nj), np.arange(ni), indexing="ij")
     world = patient.volume.index_to_lps(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1))
@@ -34,7 +36,7 @@ def _deformed_densities(patient, segment_ids, transforms):
         coords = np.stack([idx[:, 2], idx[:, 1], idx[:, 0]])
         mask = patient.labels == label
         for ch in (SOFT, BONE):
-            field = np.where(mask, dens[..., ch], 0.0)
+            field = np.where(mask, dens[..., ch] - (FILL_G_CM3 if ch == SOFT else 0.0), 0.0)
             out[..., ch] += map_coordinates(field, coords, order=1, mode="constant").reshape(nk, nj, ni)
     return out
 

@@ -7,7 +7,10 @@ background once and keeps it. Each frame then only adds what moved:
 * the needle, projected analytically inside its bounding box (``render.tools``);
 * vertebrae and discs displaced by traction, each cast through its own 4x4 map
   (``MaterialVolume.moved``) inside its projected bounding box -- exact for rigid
-  vertebrae, since moving a voxel grid is the same as moving its affine.
+  vertebrae, since moving a voxel grid is the same as moving its affine. Segments are
+  stored relative to soft tissue (``FILL_G_CM3``), which also fills their place in the
+  background: what a vertebra leaves behind is soft tissue, and where it moves it
+  displaces the soft tissue there.
 
 With no traction the segments are part of the cached image, so a still frame costs
 one copy of the needle's window.
@@ -24,6 +27,10 @@ from openfluoro.render.raycast import MaterialVolume, PixelWindow, project_mater
 from openfluoro.render.tools import project_needle
 from openfluoro.scene.needle import Needle
 from openfluoro.scene.patient import Patient
+
+
+#: Soft tissue (muscle, ligament, disc) that fills the place a moving segment leaves behind.
+FILL_G_CM3 = 1.05
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +68,8 @@ class SceneRenderer:
                 continue
             movable |= mask
             self.segments[name] = Segment(name, _cropped_material(patient, mask))
-        self.background = MaterialVolume.from_volume(patient.volume, keep=~movable if segment_ids else None)
+        self.background = MaterialVolume.from_volume(patient.volume, keep=~movable if segment_ids else None,
+                                                     fill_g_cm3=FILL_G_CM3)
         self._geometry: Geometry | None = None
         self._static: np.ndarray | None = None        # background (+ segments at rest)
         self._background_only: np.ndarray | None = None
@@ -134,4 +142,4 @@ def _cropped_material(patient: Patient, mask: np.ndarray) -> MaterialVolume:
     affine = patient.volume.affine_lps.copy()
     affine[:3, 3] = patient.volume.index_to_lps(np.array([[lo[2], lo[1], lo[0]]]))[0]
     sub = Volume(patient.volume.hu[box], affine, source=f"{patient.description} segment")
-    return MaterialVolume.from_volume(sub, keep=mask[box])
+    return MaterialVolume.from_volume(sub, keep=mask[box], fill_g_cm3=FILL_G_CM3, relative=True)

@@ -30,13 +30,16 @@ _EMPTY_G_CM3 = 0.005  # below this a voxel counts as empty when cropping (air is
 class PackedBlock:
     """A box of voxels with two material channels packed as uint16, and where they go.
 
-    ``counts[k, j, i, 2]`` x ``DENSITY_QUANTUM_G_CM3`` are the densities of materials
-    ``channels[0]`` and ``channels[1]``; ``affine_lps`` maps this box's own indices.
+    ``(counts[k, j, i, c] - offset) x DENSITY_QUANTUM_G_CM3`` is the density of material
+    ``channels[c]``; ``affine_lps`` maps this box's own indices. A non-zero ``offset``
+    (counts) lets a block hold negative densities: a segment stored *relative to* the
+    soft tissue that fills its place in the background.
     """
 
     counts: np.ndarray
     affine_lps: np.ndarray
     channels: tuple[int, int]
+    offset: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,12 +55,16 @@ class MaterialVolume:
     materials: tuple[str, ...] = MATERIALS
 
     @classmethod
-    def from_volume(cls, volume: Volume, keep: np.ndarray | None = None,
-                    chunk_slices: int = 16) -> "MaterialVolume":
+    def from_volume(cls, volume: Volume, keep: np.ndarray | None = None, fill_g_cm3: float = 0.0,
+                    relative: bool = False, chunk_slices: int = 16) -> "MaterialVolume":
         """Decompose HU into material densities (``scene.materials``), a few slices at a time.
 
-        ``keep`` (boolean, the volume's shape) limits the result to those voxels; the
-        rest are empty (used to cut a patient into rigid segments and a background).
+        ``keep`` (boolean, the volume's shape) limits the result to those voxels, to cut a
+        patient into movable segments and a background. In the background (``relative``
+        False) the voxels not kept hold soft tissue of ``fill_g_cm3``; a segment
+        (``relative`` True) holds its soft-tissue density *minus* ``fill_g_cm3``, so that
+        segment plus background is the patient again, and a segment that moves away
+        leaves soft tissue behind instead of a void.
         """
         nk = volume.shape[0]
         if keep is not None and keep.shape != volume.shape:
@@ -66,15 +73,21 @@ class MaterialVolume:
         hu_metal = volume.hu >= METAL_HU
         has_metal = bool(np.any(hu_metal if keep is None else hu_metal & keep))
         metal = np.zeros(volume.shape, dtype=np.float32) if has_metal else None
+        offset = _RELATIVE_OFFSET if relative else 0
         for k0 in range(0, nk, chunk_slices):
             sl = slice(k0, k0 + chunk_slices)
             dens = hu_to_material_densities(volume.hu[sl])
             if keep is not None:
-                dens[~keep[sl]] = 0.0
-            soft_bone[sl] = _quantise(dens[..., [SOFT, BONE]])
+                dropped = ~keep[sl]
+                dens[dropped] = 0.0
+                if relative:
+                    dens[~dropped, SOFT] -= fill_g_cm3
+                else:
+                    dens[dropped, SOFT] = fill_g_cm3
+            soft_bone[sl] = _quantise(dens[..., [SOFT, BONE]], offset)
             if metal is not None:
                 metal[sl] = dens[..., METAL]
-        return cls._from_parts(soft_bone, metal, volume.affine_lps, volume.shape)
+        return cls._from_parts(soft_bone, metal, volume.affine_lps, volume.shape, offset)
 
     def moved(self, transform_lps: np.ndarray) -> "MaterialVolume":
         """The same voxels carried by an affine map of patient space (4x4, LPS mm).
@@ -83,7 +96,8 @@ class MaterialVolume:
         for a rigid motion; a stretch keeps each voxel's density (see ``scene.segments``).
         """
         t = np.asarray(transform_lps, dtype=float)
-        return MaterialVolume(tuple(PackedBlock(b.counts, t @ b.affine_lps, b.channels) for b in self.blocks),
+        return MaterialVolume(tuple(PackedBlock(b.counts, t @ b.affine_lps, b.channels, b.offset)
+                                    for b in self.blocks),
                               self.shape, self.materials)
 
     def corners_lps_mm(self) -> np.ndarray:
@@ -106,11 +120,12 @@ class MaterialVolume:
                                np.asarray(affine_lps, float), density.shape[:3])
 
     @classmethod
-    def _from_parts(cls, soft_bone_counts, metal, affine, shape) -> "MaterialVolume":
+    def _from_parts(cls, soft_bone_counts, metal, affine, shape, offset: int = 0) -> "MaterialVolume":
         blocks = []
-        box = _bounding_box(soft_bone_counts.max(axis=3) > _EMPTY_G_CM3 / DENSITY_QUANTUM_G_CM3)
+        box = _bounding_box(np.abs(soft_bone_counts.astype(np.int32) - offset).max(axis=3)
+                            > _EMPTY_G_CM3 / DENSITY_QUANTUM_G_CM3)
         if box is not None:
-            blocks.append(_block(soft_bone_counts, box, affine, (SOFT, BONE)))
+            blocks.append(_block(soft_bone_counts, box, affine, (SOFT, BONE), offset))
         if metal is not None:
             mbox = _bounding_box(metal > 0)
             counts = np.zeros(metal.shape + (2,), dtype=np.uint16)
@@ -119,8 +134,12 @@ class MaterialVolume:
         return cls(tuple(blocks), tuple(int(n) for n in shape))
 
 
-def _quantise(density: np.ndarray) -> np.ndarray:
-    q = np.rint(np.asarray(density, dtype=np.float32) / DENSITY_QUANTUM_G_CM3)
+#: Offset (counts) of relative segments: densities down to -2 g/cm3 can be stored.
+_RELATIVE_OFFSET = 8000
+
+
+def _quantise(density: np.ndarray, offset: int = 0) -> np.ndarray:
+    q = np.rint(np.asarray(density, dtype=np.float32) / DENSITY_QUANTUM_G_CM3) + offset
     return np.clip(q, 0, 65535).astype(np.uint16)
 
 
@@ -136,14 +155,14 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
     return tuple(box)  # type: ignore[return-value]
 
 
-def _block(counts: np.ndarray, box, affine: np.ndarray, channels: tuple[int, int]) -> PackedBlock:
+def _block(counts: np.ndarray, box, affine: np.ndarray, channels: tuple[int, int], offset: int = 0) -> PackedBlock:
     sub = np.ascontiguousarray(counts[box])
     # make every axis at least 2 voxels long so the bilinear stencil fits
     pad = [(0, max(0, 2 - n)) for n in sub.shape[:3]] + [(0, 0)]
-    sub = np.pad(sub, pad)
+    sub = np.pad(sub, pad, constant_values=offset)
     shifted = np.array(affine, dtype=float, copy=True)
     shifted[:3, 3] = affine[:3, :3] @ np.array([box[2].start, box[1].start, box[0].start]) + affine[:3, 3]
-    return PackedBlock(sub, shifted, channels)
+    return PackedBlock(sub, shifted, channels, offset)
 
 
 @dataclass(frozen=True)
@@ -187,7 +206,7 @@ def project_materials(
         inv = np.linalg.inv(block.affine_lps)
         lin, off = inv[:3, :3], inv[:3, 3]
         _cast_kernel(
-            block.counts, DENSITY_QUANTUM_G_CM3, out, block.channels[0], block.channels[1],
+            block.counts, DENSITY_QUANTUM_G_CM3, float(block.offset), out, block.channels[0], block.channels[1],
             src_w, pix00, du, dv, lin @ src_w + off, lin @ pix00 + off, lin @ du, lin @ dv,
             window.row0, window.row1, window.col0, window.col1,
         )
@@ -217,7 +236,7 @@ def _plane_range(s: float, d: float, t0: float, t1: float) -> tuple[int, int]:
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
-def _cast_kernel(vol, quantum, out, ch0, ch1, src_w, pix00_w, du_w, dv_w, src_i, pix00_i, du_i, dv_i,
+def _cast_kernel(vol, quantum, offset, out, ch0, ch1, src_w, pix00_w, du_w, dv_w, src_i, pix00_i, du_i, dv_i,
                  r0, r1, c0, c1):
     """Joseph ray casting of a two-channel packed block into ``out[ch0]`` and ``out[ch1]``."""
     nk, nj, ni, _ = vol.shape
@@ -284,7 +303,11 @@ def _cast_kernel(vol, quantum, out, ch0, ch1, src_w, pix00_w, du_w, dv_w, src_i,
                        + w11 * flat[q + sx + sy + 1])
                 x += gx
                 y += gy
-            # counts * quantum = g/cm3; g/cm3 * mm -> g/cm2
+            # (counts - offset) * quantum = g/cm3; g/cm3 * mm -> g/cm2
+            n_samples = p1 - p0 + 1
+            if n_samples > 0:
+                a0 -= offset * n_samples
+                a1 -= offset * n_samples
             scale = step_mm * 0.1 * quantum
             out[ch0, r, c] += a0 * scale
             out[ch1, r, c] += a1 * scale
