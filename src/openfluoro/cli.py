@@ -17,22 +17,27 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _load_scene(volume: Optional[Path]):
-    """(MaterialVolume, isocentre, description) for a CT file/folder, or the built-in phantom."""
-    from openfluoro.render.raycast import MaterialVolume
-    from openfluoro.scene.volume import VolumeError, load_volume
+def _load_patient(volume: Optional[Path]):
+    """The patient for a CT file/folder, or the built-in phantom when ``volume`` is None."""
+    from openfluoro.scene.patient import load_patient, patient_from_phantom
+    from openfluoro.scene.volume import VolumeError
 
     if volume is None:
         from openfluoro.scene.phantom import default_phantom
 
-        phantom = default_phantom()
-        iso = tuple(float(x) for x in phantom.landmarks.get("isocentre_lps_mm", (0.0, 0.0, 0.0)))
-        return MaterialVolume.from_volume(phantom.volume), iso, "built-in lumbar phantom"
+        return patient_from_phantom(default_phantom())
     try:
-        vol = load_volume(volume)
+        return load_patient(volume)
     except VolumeError as exc:
         _fail(str(exc))
-    return MaterialVolume.from_volume(vol), tuple(float(x) for x in vol.centre_lps_mm), str(volume)
+
+
+def _load_scene(volume: Optional[Path]):
+    """(MaterialVolume, isocentre, description) for a CT file/folder, or the built-in phantom."""
+    from openfluoro.render.raycast import MaterialVolume
+
+    patient = _load_patient(volume)
+    return MaterialVolume.from_volume(patient.volume), patient.isocentre_lps_mm, patient.description
 
 
 def _write_snapshot(snap, out: Path) -> Path:
@@ -84,6 +89,65 @@ def demo(out: Path = typer.Option(Path("out"), help="folder for the demo frames"
         png = out / f"demo_{view.lower()}.png"
         sidecar = _write_snapshot(snap, png)
         typer.echo(f"wrote {png} and {sidecar}")
+
+procedure_app = typer.Typer(help="Scripted procedures on the built-in phantom (or a CT with landmarks).",
+                            no_args_is_help=True)
+app.add_typer(procedure_app, name="procedure")
+
+
+def _fresh_output(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        _fail(f"{out}: output folder is not empty; choose a new one (nothing was overwritten)")
+
+
+@procedure_app.command("lumbar-puncture")
+def procedure_lumbar_puncture(
+    level: str = typer.Option("L3-L4", help="interspace: L2-L3, L3-L4 or L4-L5"),
+    pps: float = typer.Option(7.5, help="pulse rate: 30 (continuous), 15, 7.5, 3.75 or 1"),
+    seed: int = typer.Option(0, help="noise and opening-pressure seed"),
+    volume: Optional[Path] = typer.Option(None, help="CT with needle landmarks (default: the built-in phantom)"),
+    output: Path = typer.Option(Path("run_lp"), "-o", "--output", help="output folder"),
+) -> None:
+    """AP localisation, needle advance under pulsed fluoro to CSF return, lateral confirmation."""
+    from openfluoro import procedures
+    from openfluoro.fluoro.session import SessionError
+
+    _fresh_output(output)
+    try:
+        result = procedures.lumbar_puncture(_load_patient(volume), output, level, pps, seed=seed, progress=typer.echo)
+    except (SessionError, ValueError) as exc:
+        _fail(str(exc))
+    _report_procedure(result)
+
+
+@procedure_app.command("decompression")
+def procedure_decompression(
+    distraction_mm: float = typer.Option(2.0, help="planned opening of each lumbar interspace, mm"),
+    pps: float = typer.Option(3.75, help="pulse rate of the monitoring fluoro"),
+    seed: int = typer.Option(0, help="noise seed"),
+    volume: Optional[Path] = typer.Option(None, help="labelled CT (default: the built-in phantom)"),
+    output: Path = typer.Option(Path("run_decompression"), "-o", "--output", help="output folder"),
+) -> None:
+    """Lateral baseline, traction ramped to the planned distraction, hold, release."""
+    from openfluoro import procedures
+    from openfluoro.fluoro.session import SessionError
+
+    _fresh_output(output)
+    try:
+        result = procedures.decompression(_load_patient(volume), output, distraction_mm, pps, seed=seed,
+                                          progress=typer.echo)
+    except (SessionError, ValueError) as exc:
+        _fail(str(exc))
+    _report_procedure(result)
+
+
+def _report_procedure(result) -> None:
+    o = result.outcome
+    typer.echo(f"frames: {o['frames']}  Ka,r {o['dose']['ka_r_mgy']:.2f} mGy  KAP {o['dose']['kap_gy_cm2']:.3f} Gy cm2  "
+               f"fluoro time {o['dose']['fluoro_time_s']:.1f} s")
+    for path in (result.run_folder, result.cine, result.dose_summary, result.summary):
+        typer.echo(f"wrote {path}")
+
 
 if __name__ == "__main__":
     app()
