@@ -149,5 +149,143 @@ def _report_procedure(result) -> None:
         typer.echo(f"wrote {path}")
 
 
+# --------------------------------------------------------------------------- io: export, send, igtl
+
+
+def _io_errors():
+    """The exceptions the io commands turn into a one-line message."""
+    from openfluoro.fluoro.record import RecordingError
+    from openfluoro.io.dicom_common import ExportError
+    from openfluoro.io.igtl import IgtlError
+    from openfluoro.io.pacs import PacsError
+
+    return (ExportError, RecordingError, PacsError, IgtlError, OSError)
+
+
+def _load_recording(run_dir: Path):
+    from openfluoro.io.dicom_common import load_run
+
+    loaded = load_run(run_dir)
+    for w in loaded.warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    return loaded
+
+
+def _export_all(loaded, dicom: Optional[Path], rdsr: bool, cine: bool, out: Optional[Path], xa: bool,
+                deidentify: bool, cine_formats: list[str], overlay: bool, legacy_codes: bool) -> list[Path]:
+    from openfluoro.io.cine import export_cine
+    from openfluoro.io.dicom_common import ExportContext
+    from openfluoro.io.dicom_rf import export_images
+    from openfluoro.io.rdsr import export_rdsr
+
+    ctx = ExportContext.for_run(loaded.run, deidentify=deidentify)
+    for w in ctx.warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    base = dicom if dicom is not None else out
+    written: list[Path] = []
+    images = []
+    if dicom is not None:
+        images = export_images(loaded, dicom, sop="XA" if xa else "RF", context=ctx)
+        written += [im.path for im in images]
+    if rdsr:
+        written.append(export_rdsr(loaded, base, context=ctx, images=images, legacy_codes=legacy_codes))
+    if cine:
+        written += [c.path for c in export_cine(loaded, base / "cine", formats=cine_formats, overlay=overlay)]
+    return written
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="recorded run folder (run.json, frames.raw, frames.jsonl)"),
+    dicom: Optional[Path] = typer.Option(None, "--dicom", help="write DICOM images (one multi-frame object per "
+                                                                "run, one per spot) into this folder"),
+    rdsr: bool = typer.Option(False, "--rdsr", help="write the X-Ray Radiation Dose SR (rdsr.dcm)"),
+    cine: bool = typer.Option(False, "--cine", help="write cine loops (OUT/cine/: MP4 per run, PNG per spot)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for --rdsr/--cine when --dicom is not given"),
+    xa: bool = typer.Option(False, "--xa", help="X-Ray Angiographic objects instead of Radiofluoroscopic"),
+    deidentify: bool = typer.Option(False, "--deidentify", help="de-identified objects (no name, ID or dates)"),
+    cine_format: list[str] = typer.Option(["mp4"], "--cine-format", help="mp4, gif or png (repeatable)"),
+    overlay: bool = typer.Option(True, "--overlay/--no-overlay", help="burn frame counter, time, kV/mA into cine"),
+    legacy_codes: bool = typer.Option(False, "--rdsr-legacy-codes",
+                                      help="retired SRT filter-material codes some RDSR readers expect"),
+) -> None:
+    """Export a recorded run: DICOM RF/XA images, the radiation dose SR, cine loops."""
+    if dicom is None and not rdsr and not cine:
+        _fail("nothing to export: give --dicom OUT, --rdsr and/or --cine")
+    if dicom is None and out is None:
+        _fail("--rdsr/--cine need an output folder: give --dicom OUT or --out OUT")
+    try:
+        loaded = _load_recording(run_dir)
+        written = _export_all(loaded, dicom, rdsr, cine, out, xa, deidentify, cine_format, overlay, legacy_codes)
+    except _io_errors() as exc:
+        _fail(str(exc))
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+@app.command("send")
+def send_cmd(
+    source: Path = typer.Argument(..., help="recorded run folder (exported on the fly) or a folder of .dcm files"),
+    pacs: str = typer.Option(..., "--pacs", help="PACS address host:port"),
+    aet: str = typer.Option("OPENFLUORO", "--aet", help="our (calling) AE title"),
+    called_aet: str = typer.Option(..., "--called-aet", help="the PACS's (called) AE title"),
+    xa: bool = typer.Option(False, "--xa", help="send X-Ray Angiographic instead of Radiofluoroscopic objects"),
+    deidentify: bool = typer.Option(False, "--deidentify", help="send de-identified objects"),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="seconds to wait for the PACS"),
+) -> None:
+    """C-STORE a run's images and dose report (or exported .dcm files) to a PACS."""
+    import tempfile
+
+    from openfluoro.io.pacs import Pacs, send
+
+    try:
+        target = Pacs.from_address(pacs, called_aet, aet, timeout)
+        if (source / "run.json").exists() or not source.is_dir():
+            loaded = _load_recording(source)
+            with tempfile.TemporaryDirectory(prefix="openfluoro-send-") as tmp:
+                files = _export_all(loaded, Path(tmp), True, False, None, xa, deidentify, [], False, False)
+                result = send(files, target)
+        else:
+            files = sorted(p for p in source.iterdir() if p.suffix.lower() == ".dcm")
+            if not files:
+                _fail(f"{source}: neither a recorded run (no run.json) nor a folder of .dcm files")
+            result = send(files, target)
+    except _io_errors() as exc:
+        _fail(str(exc))
+    for w in result.warnings:
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"sent {len(result.sent)} object(s) to {target.called_aet} at {target.where}")
+
+
+@app.command("igtl")
+def igtl_cmd(
+    run_dir: Optional[Path] = typer.Argument(None, help="recorded run folder to replay"),
+    port: int = typer.Option(18944, "--port", min=1, max=65535, help="OpenIGTLink port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+    speed: float = typer.Option(1.0, "--speed", min=0.01, help="replay speed (1 = the recorded frame rate)"),
+    loop: bool = typer.Option(False, "--loop", help="replay until interrupted"),
+    wait: float = typer.Option(0.0, "--wait", min=0.0, help="seconds to wait for a client before replaying"),
+) -> None:
+    """Serve frames (IMAGE) and the needle tip (TRANSFORM) over OpenIGTLink, e.g. to 3D Slicer."""
+    if run_dir is None:
+        _fail("give a recorded run folder to replay (live sessions stream through the Python API)")
+    from openfluoro.io.igtl import replay
+
+    def progress(frame, clients: int) -> None:
+        if frame.index % 25 == 0:
+            typer.echo(f"frame {frame.index} (t {frame.time_s:.2f} s) -> {clients} client(s)")
+
+    try:
+        loaded = _load_recording(run_dir)
+        typer.echo(f"OpenIGTLink on {host}:{port}: replaying {len(loaded.run)} frame(s) of {run_dir}")
+        n = replay(loaded.run, port, host, speed=speed, loop=loop, wait_for_client_s=wait, on_frame=progress)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+        return
+    except _io_errors() as exc:
+        _fail(str(exc))
+    typer.echo(f"sent {n} frame(s)")
+
+
 if __name__ == "__main__":
     app()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,10 @@ import pytest
 from openfluoro.fluoro.frame import Exposure, Frame, FrameDose
 from openfluoro.fluoro.record import LoopRecorder
 from openfluoro.geometry.carm import CArmPose, Collimator, Detector, Geometry
+from openfluoro.io.pacs import Pacs, PacsError, echo
 
 ROWS = COLS = 64
+ARCHIVE_AET = "OFARCHIVE"
 
 
 def synthetic_frame(i: int, t: float, *, run_index: int = 0, acquisition: str = "fluoro", primary: float = 0.0,
@@ -107,3 +111,65 @@ def synth():
 def dicom_check():
     """``dciodvfy_report(path) -> (errors, warnings)``; skips naming the tool when absent."""
     return dciodvfy_report
+
+
+@pytest.fixture
+def free_port():
+    """A function returning a loopback TCP port nobody listens on (right now)."""
+    return _free_port
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """dcmqrscp (a storage + query/retrieve SCP) on a free loopback port; yields (Pacs, storage folder)."""
+    exe = shutil.which("dcmqrscp")
+    if exe is None:
+        pytest.skip("dcmqrscp not installed (Debian package dcmtk)")
+    store = tmp_path / "archive"
+    store.mkdir()
+    port = _free_port()
+    cfg = tmp_path / "dcmqrscp.cfg"
+    cfg.write_text(f"""NetworkTCPPort = {port}
+MaxPDUSize = 16384
+MaxAssociations = 16
+HostTable BEGIN
+HostTable END
+VendorTable BEGIN
+VendorTable END
+AETable BEGIN
+{ARCHIVE_AET} {store} RW (200, 1024mb) ANY
+AETable END
+""")
+    # fork mode (the default): one child per association
+    log = open(tmp_path / "dcmqrscp.log", "wb")
+    proc = subprocess.Popen([exe, "-c", str(cfg), str(port)], stdout=log, stderr=subprocess.STDOUT)
+    pacs = Pacs("127.0.0.1", port, ARCHIVE_AET, "OFTEST", timeout_s=5.0)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                echo(pacs)
+                break
+            except PacsError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    out = (tmp_path / "dcmqrscp.log").read_text(errors="replace")
+                    pytest.fail(f"dcmqrscp did not start on port {port}: {out}")
+                time.sleep(0.05)
+        yield pacs, store
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
