@@ -47,7 +47,7 @@ def make_procedure(folder: Path, *, identity=None, dtype="uint8", moving=False) 
     """Two fluoro runs (the second at LAO 30 / CRA 10, optionally rotating) and one spot."""
     frames: list[Frame] = []
     t = 0.0
-    for i in range(12):
+    for _ in range(12):
         t += 1 / 7.5
         frames.append(synthetic_frame(len(frames), t, run_index=0, dtype=np.dtype(dtype)))
     t += 5.0

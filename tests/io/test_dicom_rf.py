@@ -186,3 +186,19 @@ def test_bad_inputs_are_named(procedure, tmp_path, make_run):
     make_run(bad, identity={"StudyDate": "05/03/2024"})
     with pytest.raises(ExportError, match="StudyDate"):
         export_images(bad, tmp_path / "o2")
+
+
+def test_uneven_frame_times_use_a_frame_time_vector(tmp_path, synth, dicom_check):
+    from openfluoro.fluoro.record import LoopRecorder
+
+    times = [0.0, 0.133, 0.270, 0.400, 0.560]                 # a session that dropped behind
+    with LoopRecorder(tmp_path / "run", ROWS, COLS) as rec:
+        for i, t in enumerate(times):
+            rec.append(synth(i, t))
+    for sop in ("RF", "XA"):
+        w = export_images(tmp_path / "run", tmp_path / sop, sop=sop)
+        ds = pydicom.dcmread(w[0].path)
+        assert "FrameTime" not in ds and ds.FrameIncrementPointer == pydicom.tag.Tag("FrameTimeVector")
+        assert [float(x) for x in ds.FrameTimeVector] == pytest.approx([0, 133, 137, 130, 160])
+        errors, _ = dicom_check(w[0].path)
+        assert errors == []

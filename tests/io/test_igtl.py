@@ -73,6 +73,33 @@ def test_client_receives_frames_from_a_live_queue(synth):
         assert np.linalg.det(t[:3, :3]) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_session_consumer_never_blocks(synth):
+    frames = [synth(i, i / 30) for i in range(20)]
+    with IgtlServer(0) as server:
+        client = _client(server.port)
+        try:
+            assert server.wait_for_client(5)
+            t0 = time.monotonic()
+            for f in frames:                        # what session.subscribe(server.submit) does
+                server.submit(f)
+            assert time.monotonic() - t0 < 0.5
+            deadline = time.monotonic() + 5
+            last = None
+            while time.monotonic() < deadline:
+                msg = client.wait_for_message("Fluoro", timeout=0.5)
+                if msg is not None:
+                    last = msg
+                    if np.array_equal(msg.image[0], frames[-1].image):
+                        break
+            assert last is not None and np.array_equal(last.image[0], frames[-1].image)
+            deadline = time.monotonic() + 2
+            while server.sent_frames + server.dropped_frames < len(frames) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server.sent_frames + server.dropped_frames == len(frames)
+        finally:
+            client.stop()
+
+
 def test_frame_without_needle_sends_image_only(synth):
     frame = synth(0, 0.0, needle=False)
     with IgtlServer(0) as server:

@@ -17,6 +17,9 @@ comes from the C-arm geometry (``geometry.carm``): pixel (col, row) of a detecto
 at ``detector_centre + (col - (cols-1)/2) p u + (row - (rows-1)/2) p v`` (p = binned
 pitch), undoing any display flips/rotation the recording declares.
 
+A live session feeds it with ``session.subscribe(server.submit)`` (non-blocking: frames
+queue and the oldest are dropped if clients fall behind) or ``server.stream(iterable)``.
+
 Messages are encoded with ``pyigtl`` (its ``ImageMessage`` / ``TransformMessage``); the
 server itself is a small threaded TCP broadcaster, so any number of clients can watch and
 a client that disconnects does not disturb the stream. Incoming messages from clients
@@ -26,6 +29,7 @@ a client that disconnects does not disturb the stream. Incoming messages from cl
 from __future__ import annotations
 
 import errno
+import queue
 import socket
 import threading
 import time
@@ -95,7 +99,9 @@ class IgtlServer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pending: queue.Queue = queue.Queue(maxsize=4)
         self.sent_frames = 0
+        self.dropped_frames = 0
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> "IgtlServer":
@@ -117,9 +123,10 @@ class IgtlServer:
         s.settimeout(0.2)
         self._sock = s
         self.port = s.getsockname()[1]
-        t = threading.Thread(target=self._accept_loop, name="igtl-accept", daemon=True)
-        t.start()
-        self._threads.append(t)
+        for target, name in ((self._accept_loop, "igtl-accept"), (self._send_loop, "igtl-send")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
         return self
 
     def close(self) -> None:
@@ -176,8 +183,9 @@ class IgtlServer:
             self._threads.append(t)
 
     def _drain(self, conn: socket.socket) -> None:
-        """Read and ignore what a client sends; drop it when it hangs up."""
-        conn.settimeout(0.2)
+        """Read and ignore what a client sends; drop it when it hangs up. (The timeout also
+        bounds each send: a client that takes nothing for a second is dropped.)"""
+        conn.settimeout(1.0)
         while not self._stop.is_set():
             try:
                 data = conn.recv(65536)
@@ -237,6 +245,33 @@ class IgtlServer:
         n = self._broadcast(payload)
         self.sent_frames += 1
         return n
+
+    def submit(self, frame: Frame) -> None:
+        """Queue a frame for sending without waiting (for a live session's frame consumer:
+        ``session.subscribe(server.submit)``). If clients are slower than the session, the
+        oldest queued frames are dropped, never the session held up."""
+        while True:
+            try:
+                self._pending.put_nowait(frame)
+                return
+            except queue.Full:
+                try:
+                    self._pending.get_nowait()
+                    self.dropped_frames += 1
+                except queue.Empty:
+                    pass
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self._pending.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if self._sock is not None:
+                try:
+                    self.send_frame(frame)
+                except Exception:  # noqa: BLE001 - a bad frame must not kill the sender thread
+                    self.dropped_frames += 1
 
     def stream(self, frames: Iterable[Frame], *, realtime: bool = True, speed: float = 1.0,
                stop: threading.Event | None = None, on_frame: Callable[[Frame, int], None] | None = None) -> int:
