@@ -13,7 +13,8 @@ background once and keeps it. Each frame then only adds what moved:
   displaces the soft tissue there.
 
 With no traction the segments are part of the cached image, so a still frame costs
-one copy of the needle's window.
+one copy of the needle's window; while traction holds still the moved composite is
+cached the same way.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class SceneRenderer:
         self._static: np.ndarray | None = None        # background (+ segments at rest)
         self._background_only: np.ndarray | None = None
         self._work: np.ndarray | None = None
+        self._base: np.ndarray | None = None
+        self._base_key: tuple | None = None
         self._dirty: list[PixelWindow] = []
         self.casts = 0                                   # full anatomy casts, for tests and benchmarks
         #: windows of the last ``paths`` result that differ from the call before; None = all
@@ -88,6 +91,7 @@ class SceneRenderer:
         for seg in self.segments.values():
             project_materials(seg.material, geometry, out=static)
         self._background_only, self._static = bg, static
+        self._base, self._base_key = static, None    # what ``_work`` holds, less the needle
         self._work = static.copy()
         self._dirty = []
         self._geometry = geometry
@@ -102,22 +106,30 @@ class SceneRenderer:
         casts = self.casts
         self._ensure(geometry)
         assert self._static is not None and self._work is not None and self._background_only is not None
+        assert self._base is not None
         changed: list[PixelWindow] | None = None if self.casts != casts else list(self._dirty)
         moving = {n: t for n, t in (segment_transforms or {}).items()
                   if n in self.segments and not np.allclose(t, np.eye(4))}
+        key = tuple((n, moving[n].tobytes()) for n in sorted(moving)) or None
         work = self._work
-        if moving:
-            np.copyto(work, self._background_only)
-            for name, seg in self.segments.items():
-                mat = seg.material.moved(moving[name]) if name in moving else seg.material
-                win = projected_window(mat.corners_lps_mm(), geometry)
-                if win is not None:
-                    project_materials(mat, geometry, win, out=work)
-            self._dirty = [PixelWindow(0, work.shape[1], 0, work.shape[2])]
+        if key != self._base_key:
+            # the anatomy itself changed (segments moved): compose it anew
+            if key is None:
+                base = self._static
+            else:
+                base = self._background_only.copy()
+                for name, seg in self.segments.items():
+                    mat = seg.material.moved(moving[name]) if name in moving else seg.material
+                    win = projected_window(mat.corners_lps_mm(), geometry)
+                    if win is not None:
+                        project_materials(mat, geometry, win, out=base)
+            self._base, self._base_key = base, key
+            np.copyto(work, base)
+            self._dirty = []
             changed = None
         else:
             for w in self._dirty:  # undo the last frame's additions only where they were made
-                work[:, w.row0:w.row1, w.col0:w.col1] = self._static[:, w.row0:w.row1, w.col0:w.col1]
+                work[:, w.row0:w.row1, w.col0:w.col1] = self._base[:, w.row0:w.row1, w.col0:w.col1]
             self._dirty = []
         if needle is not None:
             win = project_needle(needle, geometry, out=work)

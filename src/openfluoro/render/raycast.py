@@ -40,6 +40,13 @@ class PackedBlock:
     affine_lps: np.ndarray
     channels: tuple[int, int]
     offset: int = 0
+    #: per axis (i, j, k): ``[plane, row, (x0, x1)]``, where along each in-plane row a sample
+    #: can touch non-empty voxels; samples outside are skipped unread (empty-space skipping)
+    plane_bounds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        if self.plane_bounds is None:
+            object.__setattr__(self, "plane_bounds", _plane_bounds(self.counts, self.offset))
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +103,7 @@ class MaterialVolume:
         for a rigid motion; a stretch keeps each voxel's density (see ``scene.segments``).
         """
         t = np.asarray(transform_lps, dtype=float)
-        return MaterialVolume(tuple(PackedBlock(b.counts, t @ b.affine_lps, b.channels, b.offset)
+        return MaterialVolume(tuple(PackedBlock(b.counts, t @ b.affine_lps, b.channels, b.offset, b.plane_bounds)
                                     for b in self.blocks),
                               self.shape, self.materials)
 
@@ -136,6 +143,28 @@ class MaterialVolume:
 
 #: Offset (counts) of relative segments: densities down to -2 g/cm3 can be stored.
 _RELATIVE_OFFSET = 8000
+
+
+def _row_ranges(occ: np.ndarray) -> np.ndarray:
+    """``occ[p, y, x]`` occupancy -> ``[p, y, (x0, x1)]``: the x range a bilinear sample at row
+    ``y`` of plane ``p`` can touch occupied voxels in (rows y and y+1, grown by one voxel);
+    (inf, -inf) where it cannot."""
+    near = occ.copy()
+    near[:, :-1] |= occ[:, 1:]          # a sample at row y reads rows y and y+1
+    n = near.shape[2]
+    anyv = near.any(axis=2)
+    x0 = np.where(anyv, np.argmax(near, axis=2) - 1.0, np.inf)
+    x1 = np.where(anyv, n - np.argmax(near[:, :, ::-1], axis=2), -np.inf)   # last + 1
+    return np.ascontiguousarray(np.stack([x0, x1], axis=2), dtype=np.float64)
+
+
+def _plane_bounds(counts: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For planes i, j and k, the per-row x ranges (``_row_ranges``) with (x, y) the in-plane
+    index axes the kernel uses: (j, k), (i, k) and (i, j)."""
+    occ = np.any(counts != offset, axis=3)                  # (k, j, i)
+    return (_row_ranges(np.transpose(occ, (2, 0, 1))),      # [i, k, j]
+            _row_ranges(np.transpose(occ, (1, 0, 2))),      # [j, k, i]
+            _row_ranges(occ))                               # [k, j, i]
 
 
 def _quantise(density: np.ndarray, offset: int = 0) -> np.ndarray:
@@ -206,7 +235,8 @@ def project_materials(
         inv = np.linalg.inv(block.affine_lps)
         lin, off = inv[:3, :3], inv[:3, 3]
         _cast_kernel(
-            block.counts, DENSITY_QUANTUM_G_CM3, float(block.offset), out, block.channels[0], block.channels[1],
+            block.counts, *block.plane_bounds, DENSITY_QUANTUM_G_CM3, float(block.offset), out,
+            block.channels[0], block.channels[1],
             src_w, pix00, du, dv, lin @ src_w + off, lin @ pix00 + off, lin @ du, lin @ dv,
             window.row0, window.row1, window.col0, window.col1,
         )
@@ -236,7 +266,7 @@ def _plane_range(s: float, d: float, t0: float, t1: float) -> tuple[int, int]:
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
-def _cast_kernel(vol, quantum, offset, out, ch0, ch1, src_w, pix00_w, du_w, dv_w, src_i, pix00_i, du_i, dv_i,
+def _cast_kernel(vol, bnd_i, bnd_j, bnd_k, quantum, offset, out, ch0, ch1, src_w, pix00_w, du_w, dv_w, src_i, pix00_i, du_i, dv_i,
                  r0, r1, c0, c1):
     """Joseph ray casting of a two-channel packed block into ``out[ch0]`` and ``out[ch1]``."""
     nk, nj, ni, _ = vol.shape
@@ -272,6 +302,7 @@ def _cast_kernel(vol, quantum, offset, out, ch0, ch1, src_w, pix00_w, du_w, dv_w
                 x = src_i[1] + (p0 - src_i[0]) * gx
                 y = src_i[2] + (p0 - src_i[0]) * gy
                 nx, ny, sp, sx, sy = nj, nk, s_i, s_j, s_k
+                bnd = bnd_i
             elif adj >= adk:                    # planes j = p; x -> i, y -> k
                 step_mm = wlen / adj
                 p0, p1 = _plane_range(src_i[1], dj, t0, t1)
@@ -279,6 +310,7 @@ def _cast_kernel(vol, quantum, offset, out, ch0, ch1, src_w, pix00_w, du_w, dv_w
                 x = src_i[0] + (p0 - src_i[1]) * gx
                 y = src_i[2] + (p0 - src_i[1]) * gy
                 nx, ny, sp, sx, sy = ni, nk, s_j, s_i, s_k
+                bnd = bnd_j
             else:                               # planes k = p; x -> i, y -> j
                 step_mm = wlen / adk
                 p0, p1 = _plane_range(src_i[2], dk, t0, t1)
@@ -286,9 +318,19 @@ def _cast_kernel(vol, quantum, offset, out, ch0, ch1, src_w, pix00_w, du_w, dv_w
                 x = src_i[0] + (p0 - src_i[2]) * gx
                 y = src_i[1] + (p0 - src_i[2]) * gy
                 nx, ny, sp, sx, sy = ni, nj, s_k, s_i, s_j
+                bnd = bnd_k
             a0 = 0.0
             a1 = 0.0
+            n_read = 0
             for p in range(p0, p1 + 1):
+                yr = int(y)
+                if yr > ny - 2:
+                    yr = ny - 2
+                if x < bnd[p, yr, 0] or x > bnd[p, yr, 1]:
+                    x += gx                     # nothing but empty voxels around: skip unread
+                    y += gy
+                    continue
+                n_read += 1
                 x0 = min(max(int(x), 0), nx - 2)
                 y0 = min(max(int(y), 0), ny - 2)
                 fx = x - x0
@@ -304,10 +346,8 @@ def _cast_kernel(vol, quantum, offset, out, ch0, ch1, src_w, pix00_w, du_w, dv_w
                 x += gx
                 y += gy
             # (counts - offset) * quantum = g/cm3; g/cm3 * mm -> g/cm2
-            n_samples = p1 - p0 + 1
-            if n_samples > 0:
-                a0 -= offset * n_samples
-                a1 -= offset * n_samples
+            a0 -= offset * n_read
+            a1 -= offset * n_read
             scale = step_mm * 0.1 * quantum
             out[ch0, r, c] += a0 * scale
             out[ch1, r, c] += a1 * scale
