@@ -144,8 +144,13 @@ def decompression(patient: Patient, out: str | Path, distraction_mm: float = 2.0
 
 
 def _finish(session: Session, out: Path, run_folder: Path, outcome: dict[str, Any]) -> ProcedureResult:
+    from openfluoro.io.cine import write_gif, write_mp4
+
     run = read_run(run_folder)
-    cine = _write_gif(run, out / "cine.gif")
+    frames = [np.asarray(img) for img in run.pixels]
+    fps = session.pulse_rate_pps
+    write_gif(frames, out / "cine.gif", fps)
+    cine = write_mp4(frames, out / "cine.mp4", fps)
     dose_path = out / "dose_summary.json"
     dose_path.write_text(json.dumps(session.ledger.summary(), indent=2))
     outcome = {**outcome, "frames": len(run), "events": [{"time_s": t, "event": e} for t, e in session.events],
@@ -155,14 +160,3 @@ def _finish(session: Session, out: Path, run_folder: Path, outcome: dict[str, An
     summary_path.write_text(json.dumps(outcome, indent=2))
     return ProcedureResult(out, run_folder, cine, dose_path, summary_path, outcome)
 
-
-def _write_gif(run, path: Path, max_frames: int = 150, size_px: int = 384) -> Path:
-    """An animated GIF of the run at its own frame rate (frames subsampled beyond ``max_frames``)."""
-    from PIL import Image
-
-    n = len(run)
-    step = max(1, int(np.ceil(n / max_frames)))
-    pps = run.metadata[0]["exposure"]["pulse_rate_pps"] or 7.5
-    images = [Image.fromarray(np.asarray(run.pixels[i])).resize((size_px, size_px)) for i in range(0, n, step)]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 * step / pps), loop=0)
-    return path

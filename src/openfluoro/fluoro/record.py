@@ -37,7 +37,8 @@ class LoopRecorder:
     """Appends frames to a run folder as they arrive. Use as a context manager."""
 
     def __init__(self, folder: str | Path, rows: int, cols: int, identity: dict[str, Any] | None = None,
-                 fsync_every: int = 15, dtype: str = "uint8") -> None:
+                 fsync_every: int = 15, dtype: str = "uint8", extra: dict[str, Any] | None = None) -> None:
+        """``extra``: more header keys (e.g. ``patient_position``, ``display``, ``started_at``)."""
         if dtype not in ("uint8", "uint16"):
             raise RecordingError(f"{folder}: dtype must be uint8 or uint16, got {dtype!r}")
         self.folder = Path(folder)
@@ -49,7 +50,7 @@ class LoopRecorder:
         self.count = 0
         self._fsync_every = fsync_every
         header = {"format_version": FORMAT_VERSION, "rows": rows, "cols": cols, "dtype": dtype,
-                  "identity": identity or {}}
+                  "identity": identity or {}, **(extra or {})}
         (self.folder / HEADER).write_text(json.dumps(header, indent=2))
         self._pixels = open(self.folder / PIXELS, "ab")
         self._meta = open(self.folder / METADATA, "a", encoding="utf-8")

@@ -280,11 +280,25 @@ class Session:
         return SpineMotion(self.spine, {d: self.traction.per_disc_mm for d in self.spine.disc_axes})
 
     # ------------------------------------------------------------------ recording
-    def start_recording(self, folder: str | Path, identity: dict[str, Any] | None = None) -> None:
+    def start_recording(self, folder: str | Path, identity: dict[str, Any] | None = None,
+                        patient_position: str = "HFP") -> None:
+        """Record every frame to ``folder`` as it is acquired (``fluoro.record``).
+
+        ``patient_position`` (DICOM: HFP head-first prone, as for a lumbar puncture; HFS
+        supine) and the chain's display flips go into the header for the archive.
+        """
+        import datetime
+
         with self._lock:
             if self.recorder is not None:
                 raise SessionError("already recording")
-            self.recorder = LoopRecorder(folder, self.detector.image_rows, self.detector.image_cols, identity)
+            st = self.chain.settings
+            extra = {"patient_position": patient_position,
+                     "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                     "display": {"flip_horizontal": st.flip_horizontal, "flip_vertical": st.flip_vertical,
+                                 "rotate_deg": st.rotate_deg, "frame_counter": st.frame_counter}}
+            self.recorder = LoopRecorder(folder, self.detector.image_rows, self.detector.image_cols, identity,
+                                         extra=extra)
 
     def stop_recording(self) -> Path | None:
         with self._lock:
