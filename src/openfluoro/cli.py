@@ -287,5 +287,36 @@ def igtl_cmd(
     typer.echo(f"sent {n} frame(s)")
 
 
+@app.command("phantom")
+def phantom_cmd(
+    output: Path = typer.Option(Path("phantom.nii.gz"), "-o", "--output",
+                                help="CT to write (.nii.gz); X_labels.nii.gz and X_landmarks.json go next to it"),
+    bmi: float = typer.Option(25.0, help="body-mass index, 17-45 (sets the skin-to-thecal-sac depth)"),
+    seed: int = typer.Option(0, help="natural-variation seed (same parameters + seed = same volume)"),
+    voxel_mm: float = typer.Option(0.75, "--voxel-mm", help="isotropic voxel size, 0.4-2.0 mm"),
+    lordosis_deg: float = typer.Option(45.0, "--lordosis-deg", help="L1-S1 lordosis, 0-80 deg"),
+    scoliosis_deg: float = typer.Option(0.0, "--scoliosis-deg", help="lumbar Cobb angle, 0-40 deg"),
+    disc_degeneration: float = typer.Option(0.0, "--disc-degeneration", help="0 (healthy) to 1 (severe)"),
+    bone_density: float = typer.Option(1.0, "--bone-density", help="0.4-1.3 x healthy cancellous bone"),
+    vertebra_scale: float = typer.Option(1.0, "--vertebra-scale", help="0.8-1.2 x average vertebral size"),
+    sex: str = typer.Option("M", help="M or F"),
+) -> None:
+    """Generate the procedural lumbar-spine phantom: CT, label map and landmarks (LPS mm, origin at L3)."""
+    from openfluoro.scene.phantom import PhantomParams, PhantomParamsError, make_phantom
+
+    try:
+        params = PhantomParams(voxel_mm=voxel_mm, bmi=bmi, lordosis_deg=lordosis_deg, scoliosis_deg=scoliosis_deg,
+                               disc_degeneration=disc_degeneration, bone_density=bone_density,
+                               vertebra_scale=vertebra_scale, sex=sex.upper(), seed=seed)  # type: ignore[arg-type]
+    except PhantomParamsError as exc:
+        _fail(str(exc))
+    try:
+        written = make_phantom(params).save(output)
+    except OSError as exc:
+        _fail(f"{output}: {exc}")
+    for path in written.values():
+        typer.echo(str(path))
+
+
 if __name__ == "__main__":
     app()
