@@ -318,5 +318,32 @@ def phantom_cmd(
         typer.echo(str(path))
 
 
+@app.command()
+def replay(
+    run: Path = typer.Argument(..., help="recorded run folder (holds run.json, frames.raw, signal.f16)"),
+    output: Path = typer.Option(Path("replay.mp4"), "-o", "--output", help="cine to write (.mp4 or .gif)"),
+    recursive_strength: float = typer.Option(0.75, help="temporal filter strength (0 = off)"),
+    edge_amount: float = typer.Option(0.5, help="edge enhancement"),
+    invert: bool = typer.Option(False, help="bone bright instead of dark"),
+) -> None:
+    """Replay a recorded run through the image chain with other settings, to a cine."""
+    from openfluoro.fluoro.chain import ChainSettings, ImageChain
+    from openfluoro.fluoro.record import RecordingError, read_run
+    from openfluoro.fluoro.record import replay as replay_run
+    from openfluoro.io.cine import write_gif, write_mp4
+
+    try:
+        rec = read_run(run)
+        settings = ChainSettings(recursive_strength=recursive_strength, edge_amount=edge_amount, invert=invert)
+        frames = list(replay_run(rec, ImageChain(settings)))
+    except (RecordingError, ValueError) as exc:
+        _fail(str(exc))
+    if not frames:
+        _fail(f"{run}: the run holds no complete frame")
+    fps = rec.metadata[0]["exposure"]["pulse_rate_pps"] or 7.5
+    writer = write_gif if output.suffix.lower() == ".gif" else write_mp4
+    typer.echo(f"wrote {writer(frames, output, fps)} ({len(frames)} frames)")
+
+
 if __name__ == "__main__":
     app()

@@ -61,3 +61,25 @@ def test_bad_folders_are_named(tmp_path):
         rec.append(_frame(0))
     with pytest.raises(RecordingError, match="already holds"):
         LoopRecorder(tmp_path / "r", 16, 16)
+
+
+def test_replay_through_another_chain(synthetic_spine, tmp_path):
+    """A recorded run replays from its detector signal: the same chain gives the same
+    frames (to float16 rounding), another window gives other frames."""
+    from openfluoro.fluoro.chain import ChainSettings, ImageChain
+    from openfluoro.fluoro.record import replay
+    from openfluoro.fluoro.session import Session
+
+    session = Session.for_patient(synthetic_spine, detector=Detector.square(64, 240.0), seed=2)
+    session.start_recording(tmp_path / "run")
+    frames = session.run(1.0)
+    session.set_view("lateral")
+    frames += session.run(0.5)
+    session.stop_recording()
+    run = read_run(tmp_path / "run")
+    same = list(replay(run, ImageChain(session.chain.settings)))
+    assert len(same) == len(frames)
+    diff = [np.abs(a.astype(int) - f.image.astype(int)).mean() for a, f in zip(same, frames)]
+    assert max(diff) < 1.0
+    inverted = list(replay(run, ImageChain(ChainSettings(invert=True))))
+    assert np.abs(inverted[0].astype(int) - frames[0].image.astype(int)).mean() > 50

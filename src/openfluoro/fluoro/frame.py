@@ -50,6 +50,10 @@ class Frame:
     run_index: int = 0
     ground_truth: dict[str, Any] = field(default_factory=dict)
     events: tuple[str, ...] = ()
+    #: the detector signal before the image chain (open-beam detected quanta), and the
+    #: unattenuated level; recorded so a run can be replayed through another chain
+    signal: np.ndarray | None = None
+    i0: float | None = None
 
     def metadata(self) -> dict[str, Any]:
         """JSON-ready metadata (everything but the pixels)."""
@@ -65,6 +69,7 @@ class Frame:
             "collimator": asdict(g.collimator),
             "ground_truth": self.ground_truth,
             "events": list(self.events),
+            "i0": self.i0,
         }
 
 

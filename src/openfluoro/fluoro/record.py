@@ -4,7 +4,10 @@ A run folder holds
   ``run.json``      header (image size, dtype, patient and study identity), written first;
   ``frames.raw``    the frames' pixels, appended one after another (row-major, in the
                     header's ``dtype``: uint8 for monitor images, uint16 for deeper ones);
-  ``frames.jsonl``  one JSON line of metadata per frame, written *after* its pixels.
+  ``frames.jsonl``  one JSON line of metadata per frame, written *after* its pixels;
+  ``signal.f16``    (optional) the detector signal before the image chain relative to
+                    the frame's open-beam level ``i0`` (float16: 0.05 % steps, finer than
+                    the quantum noise), so the run can be replayed through another chain.
 
 Each frame's pixels are flushed before its metadata line, and the metadata line is
 flushed at once, so a crash loses at most the frame in flight: on reading, a frame counts
@@ -25,6 +28,7 @@ from openfluoro.fluoro.frame import Frame
 
 HEADER = "run.json"
 PIXELS = "frames.raw"
+SIGNAL = "signal.f16"
 METADATA = "frames.jsonl"
 FORMAT_VERSION = 1
 
@@ -53,6 +57,7 @@ class LoopRecorder:
                   "identity": identity or {}, **(extra or {})}
         (self.folder / HEADER).write_text(json.dumps(header, indent=2))
         self._pixels = open(self.folder / PIXELS, "ab")
+        self._signal = open(self.folder / SIGNAL, "ab")
         self._meta = open(self.folder / METADATA, "a", encoding="utf-8")
 
     def append(self, frame: Frame) -> None:
@@ -63,6 +68,10 @@ class LoopRecorder:
             raise RecordingError(f"{self.folder}: frame {frame.index} is {img.shape}, run is {(self.rows, self.cols)}")
         self._pixels.write(img.tobytes())
         self._pixels.flush()
+        if frame.signal is not None and frame.i0:
+            rel = np.asarray(frame.signal, dtype=np.float32) / np.float32(frame.i0)
+            self._signal.write(np.ascontiguousarray(rel, dtype=np.float16).tobytes())
+            self._signal.flush()
         self._meta.write(json.dumps(frame.metadata()) + "\n")
         self._meta.flush()
         self.count += 1
@@ -71,7 +80,7 @@ class LoopRecorder:
             os.fsync(self._meta.fileno())
 
     def close(self) -> None:
-        for f in (self._pixels, self._meta):
+        for f in (self._pixels, self._signal, self._meta):
             if not f.closed:
                 f.flush()
                 os.fsync(f.fileno())
@@ -92,6 +101,7 @@ class RecordedRun:
     header: dict[str, Any]
     metadata: tuple[dict[str, Any], ...]
     pixels: np.ndarray  # (n_frames, rows, cols) in the header's dtype, memory-mapped
+    signal: np.ndarray | None = None  # (n_frames, rows, cols) float16 signal / i0, if recorded
 
     def __len__(self) -> int:
         return len(self.metadata)
@@ -132,4 +142,23 @@ def read_run(folder: str | Path) -> RecordedRun:
         pixels = np.zeros((0, rows, cols), dtype=dtype)
     else:
         pixels = np.memmap(pix_path, dtype=dtype, mode="r", shape=(n, rows, cols))
-    return RecordedRun(folder, header, tuple(metas[:n]), pixels)
+    sig_path = folder / SIGNAL
+    signal = None
+    if n and sig_path.exists() and sig_path.stat().st_size >= n * rows * cols * 2:
+        signal = np.memmap(sig_path, dtype=np.float16, mode="r", shape=(n, rows, cols))
+    return RecordedRun(folder, header, tuple(metas[:n]), pixels, signal)
+
+
+def replay(run: RecordedRun, chain) -> Iterator[np.ndarray]:
+    """The run's frames processed again by ``chain`` (an ``ImageChain``, e.g. with other
+    filter or window settings), from the recorded detector signal; the chain is reset
+    wherever the C-arm moved between frames."""
+    if run.signal is None:
+        raise RecordingError(f"{run.folder / SIGNAL}: this run has no recorded detector signal to replay")
+    last_pose = None
+    for sig, meta in zip(run.signal, run.metadata):
+        if meta["pose"] != last_pose:
+            chain.reset()
+            last_pose = meta["pose"]
+        i0 = float(meta["i0"])
+        yield chain.process(np.asarray(sig, dtype=np.float32) * np.float32(i0), {"i0": i0, "frame_number": meta["index"]})

@@ -362,7 +362,7 @@ class Session:
             events += ("needle_blocked",)
         frame = Frame(self.frame_index, self.time_s, display, geometry, exposure, exposed.dose,
                       run_index=len(self.ledger.runs), ground_truth=self._ground_truth(geometry, motion),
-                      events=events)
+                      events=events, signal=exposed.signal, i0=exposed.open_field_quanta)
         self.last_frame = frame
         if self.recorder is not None:
             self.recorder.append(frame)
