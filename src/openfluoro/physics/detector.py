@@ -135,6 +135,20 @@ def _uniform(state):
     return state, ((_mix(state) >> _S11) + 0.5) * _TWO_M53
 
 
+@numba.njit(inline="always", cache=True)
+def _poisson(state, m):
+    """Next state and an exact Poisson(m) draw by inversion of the CDF (one uniform, ~m steps)."""
+    state, u = _uniform(state)
+    pk = np.exp(-m)
+    cdf = pk
+    k = 0
+    while u > cdf and k < 1000:
+        k += 1
+        pk *= m / k
+        cdf += pk
+    return state, np.float64(k)
+
+
 @numba.njit(parallel=True, cache=True, fastmath={"nsz", "arcp", "contract", "afn"}, nogil=True)
 def _noise_kernel(lam, gain_arr, gain_scalar, sigma_e, seed, out):
     n = lam.size
@@ -157,16 +171,7 @@ def _noise_kernel(lam, gain_arr, gain_scalar, sigma_e, seed, out):
                 if q < 0.0:
                     q = 0.0
             elif m > 0.0:
-                # exact Poisson by inversion of the CDF (one uniform, ~m steps)
-                state, u = _uniform(state)
-                pk = np.exp(-m)
-                cdf = pk
-                k = 0
-                while u > cdf and k < 1000:
-                    k += 1
-                    pk *= m / k
-                    cdf += pk
-                q = np.float64(k)
+                state, q = _poisson(state, m)
             else:
                 q = 0.0
             g = gain_arr[i] if use_gain_arr else gain_scalar

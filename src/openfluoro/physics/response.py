@@ -42,7 +42,7 @@ import numba
 import numpy as np
 
 from openfluoro.physics.attenuation import material_attenuation_table
-from openfluoro.physics.detector import _BLOCK, _GAMMA, GAUSSIAN_ABOVE_QUANTA, DetectorModel, _mix, _uniform, add_noise
+from openfluoro.physics.detector import _BLOCK, _GAMMA, GAUSSIAN_ABOVE_QUANTA, DetectorModel, _mix, _poisson, add_noise
 from openfluoro.physics.spectrum import REFERENCE_DISTANCE_MM, Spectrum
 from openfluoro.scene.materials import MATERIALS
 
@@ -286,28 +286,11 @@ def _lookup_kernel(paths, ax0, ax1, ax2, tables, out_a, out_b, mode, n0, var_sca
         i, fi = _locate(t0, ax0)
         j, fj = _locate(t1, ax1)
         k, fk = _locate(t2, ax2)
-        gi = 1.0 - fi
-        gj = 1.0 - fj
-        gk = 1.0 - fk
-        w000 = gi * gj * gk
-        w001 = gi * gj * fk
-        w010 = gi * fj * gk
-        w011 = gi * fj * fk
-        w100 = fi * gj * gk
-        w101 = fi * gj * fk
-        w110 = fi * fj * gk
-        w111 = fi * fj * fk
-        lt = (w000 * tables[i, j, k, 0] + w001 * tables[i, j, k + 1, 0]
-              + w010 * tables[i, j + 1, k, 0] + w011 * tables[i, j + 1, k + 1, 0]
-              + w100 * tables[i + 1, j, k, 0] + w101 * tables[i + 1, j, k + 1, 0]
-              + w110 * tables[i + 1, j + 1, k, 0] + w111 * tables[i + 1, j + 1, k + 1, 0])
+        lt = _bilinear_or_trilinear(tables, 0, i, fi, j, fj, k, fk)
         if mode == _MODE_T:
             out_a[p] = np.exp(lt)
             continue
-        lv = (w000 * tables[i, j, k, 1] + w001 * tables[i, j, k + 1, 1]
-              + w010 * tables[i, j + 1, k, 1] + w011 * tables[i, j + 1, k + 1, 1]
-              + w100 * tables[i + 1, j, k, 1] + w101 * tables[i + 1, j, k + 1, 1]
-              + w110 * tables[i + 1, j + 1, k, 1] + w111 * tables[i + 1, j + 1, k + 1, 1])
+        lv = _bilinear_or_trilinear(tables, 1, i, fi, j, fj, k, fk)
         if mode == _MODE_TV:
             out_a[p] = np.exp(lt)
             out_b[p] = np.exp(lv)
@@ -394,14 +377,6 @@ def _noise_kernel(mean, var, normals, sigma_e, seed, out):
             elif m * m >= GAUSSIAN_ABOVE_QUANTA * v:
                 x = m + np.sqrt(v + s2) * z
                 out[p] = x if x > -4.0 * sigma_e else -4.0 * sigma_e
-            else:                                   # exact Poisson by CDF inversion
-                q = m * m / v
-                state, u = _uniform(state)
-                pk = np.exp(-q)
-                cdf = pk
-                kk = 0
-                while u > cdf and kk < 1000:
-                    kk += 1
-                    pk *= q / kk
-                    cdf += pk
+            else:
+                state, kk = _poisson(state, m * m / v)
                 out[p] = (v / m) * kk + sigma_e * z
