@@ -40,7 +40,7 @@ from openfluoro.scene.anatomy import soft as SO
 from openfluoro.scene.volume import Volume
 
 #: Bump when the generated anatomy changes (it keys the on-disk cache).
-PHANTOM_CODE_VERSION = "phantom-2026.11-1"
+PHANTOM_CODE_VERSION = "phantom-2026.11-2"
 
 #: The label table written with every phantom (value -> structure name).
 LABEL_TABLE: Mapping[int, str] = LB.LABELS
@@ -248,7 +248,7 @@ def _build(params: PhantomParams) -> _Build:
         if jt.level == "L5-S1":
             sac += jt.sap
     sac += canal_cut
-    b.add(S.Group("sacrum", sac, LB.SACRUM, canc * 0.85, lab_out=LB.SACRUM, hu_out=cort * 0.9, shell_mm=1.0,
+    b.add(S.Group("sacrum", sac, LB.SACRUM, canc * 0.65, lab_out=LB.SACRUM, hu_out=cort * 0.9, shell_mm=1.0,
                   k_smooth=4.0, tex=S.value_noise(tex, (2.0, 3.5)), tex_amp=0.2 * canc, writable=bone_w))
     b.add(S.Group("coccyx", SK.coccyx_prims(skel), LB.COCCYX, canc * 0.8, lab_out=LB.COCCYX, hu_out=cort * 0.85,
                   shell_mm=1.0, k_smooth=2.0, writable=bone_w))

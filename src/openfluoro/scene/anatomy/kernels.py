@@ -283,14 +283,19 @@ def paint_group(hu, lab, origin, h, blocks, bsize, blk_start, blk_idx, prims, k_
                     d = _group_sdf_list(prims, blk_idx, a, b, k_smooth, margin, px, py, pz)
                     if d >= 0.5 * h:
                         continue
-                    if d > -shell:
-                        v = hu_out
-                        lb = lab_out
-                    else:
+                    if shell <= 0.0:
                         v = hu_in
                         if tex_amp != 0.0:
                             v += tex_amp * _texture(tex, px, py, pz)
                         lb = lab_in
+                    else:
+                        # fraction of the voxel in the shell (partial volume at its inner face too)
+                        g = min(max(0.5 + (d + shell) / h, 0.0), 1.0)
+                        v = hu_in
+                        if g < 1.0 and tex_amp != 0.0:
+                            v += tex_amp * _texture(tex, px, py, pz)
+                        v = g * hu_out + (1.0 - g) * v
+                        lb = lab_out if g >= 0.5 else lab_in
                     f = 0.5 - d / h
                     if f >= 1.0:
                         hu[k, j, i] = v

@@ -360,13 +360,13 @@ def facet_joints(skel: Skeleton) -> list[FacetJoint]:
         hyper = 2.0 * disc.degeneration
         th = np.deg2rad(disc.facet_deg)
         for s in (1, -1):
-            xj = cw / 2 + 4.5 * skel.scale
+            xj = cw / 2 + 5.5 * skel.scale
             yj = D / 2 + 16.0 * skel.scale
             zj = -0.2 * disc.height
             n = np.array([-s * np.cos(th), np.sin(th), 0.0])     # from SAP (lateral) to IAP (medial)
             t = np.array([s * np.sin(th), np.cos(th), 0.0])
             gap = 1.6
-            ts, ti = 5.0 * skel.scale + hyper, 5.5 * skel.scale + hyper
+            ts, ti = 8.0 * skel.scale + hyper, 7.0 * skel.scale + hyper
             J = np.array([s * xj, yj, zj])
             f_local = np.column_stack([n, t, [0, 0, 1.0]])
             sap_c = J - n * (gap / 2 + ts / 2) + np.array([0, 0, -2.5 * skel.scale])
