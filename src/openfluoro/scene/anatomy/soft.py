@@ -319,7 +319,6 @@ def canal_groups(skel: Skeleton, params, rng: np.random.Generator, h: float) -> 
 def flavum_prims(skel: Skeleton) -> list[np.ndarray]:
     """Ligamentum flavum: two plates per level on the posterior canal wall, between the laminae."""
     prims = []
-    nodes = {round(float(c[2]), 6): (c, f, a, b) for c, f, a, b in skel.canal_nodes}
     for disc in skel.discs.values():
         P = disc.pose
         c, f, a, b = min(skel.canal_nodes, key=lambda n: np.linalg.norm(n[0] - P.centre))
