@@ -89,8 +89,18 @@ def ras_to_lps(affine_ras: np.ndarray) -> np.ndarray:
     return flip @ np.asarray(affine_ras, dtype=float)
 
 
-def load_volume(path: str | Path) -> Volume:
-    """Read a CT volume from a DICOM series folder, NIfTI, NRRD or MHA file."""
+def load_volume(path: str | Path, series_uid: str | None = None) -> Volume:
+    """Read a CT volume from a DICOM series folder, NIfTI, NRRD or MHA file.
+
+    Raises ``VolumeError`` naming the file and the field for anything unusable.
+    """
     from openfluoro.scene import readers
 
-    return readers.read_any(Path(path))
+    return readers.read_any(Path(path), series_uid)
+
+
+def save_nifti(volume: Volume, path: str | Path) -> Path:
+    """Write the volume as NIfTI (RAS affine, int16 HU where they fit)."""
+    from openfluoro.scene import readers
+
+    return readers.save_nifti(volume, path)
