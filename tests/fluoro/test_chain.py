@@ -321,3 +321,19 @@ def test_shape_change_and_dtype_are_handled():
     a = chain.process(np.full((64, 80), 300, np.uint16))
     b = chain.process(np.full((32, 48), 300.0))
     assert a.shape == (64, 80) and b.shape == (32, 48) and b.dtype == np.uint8
+
+
+def test_auto_window_on_the_central_region_ignores_bright_edges():
+    """With auto_region the window follows the anatomy at the centre, not the air at the edges."""
+    rng = np.random.default_rng(5)
+    frame = np.full((200, 200), 100.0, dtype=np.float32) + rng.normal(0, 1, (200, 200)).astype(np.float32)
+    frame[:, :30] = 5000.0                      # air beside the patient
+    full = ImageChain(ChainSettings(recursive_strength=0, denoise_strength=0, edge_amount=0, frame_counter=False))
+    central = ImageChain(ChainSettings(recursive_strength=0, denoise_strength=0, edge_amount=0,
+                                       frame_counter=False, auto_region=0.6))
+    d_full = full.process(frame, {"i0": 5000.0})
+    d_central = central.process(frame, {"i0": 5000.0})
+    body = (slice(80, 120), slice(80, 120))
+    assert d_central[body].std() > 5 * d_full[body].std()    # the body's noise texture is visible
+    with pytest.raises(ValueError, match="auto_region"):
+        ChainSettings(auto_region=0.0)

@@ -95,6 +95,9 @@ class ChainSettings:
     ``auto_percentiles``    attenuation percentiles of the collimated field mapped to the
                             two ends of the grey scale in automatic mode.
     ``auto_wl_smoothing``   weight of the previous automatic window/level (0 = none).
+    ``auto_region``         side of the central part of the field (fraction, 0-1] whose
+                            percentiles set the automatic window, as a clinical system
+                            windows on the anatomy at the centre, not the air at the edges.
     ``rotate_deg``          0, 90, 180 or 270, clockwise, applied after the flips.
     ``invert``              False: bone/steel dark, air bright (clinical fluoroscopy).
     ``collimation``         ``(row0, row1, col0, col1)`` in detector pixels (half-open);
@@ -114,6 +117,7 @@ class ChainSettings:
     level: float | None = None
     auto_percentiles: tuple[float, float] = (1.0, 99.0)
     auto_wl_smoothing: float = 0.0
+    auto_region: float = 1.0
     flip_horizontal: bool = False
     flip_vertical: bool = False
     rotate_deg: int = 0
@@ -148,6 +152,8 @@ class ChainSettings:
             raise bad("auto_percentiles", "(low, high) with 0 <= low < high <= 100", self.auto_percentiles)
         if not 0.0 <= self.auto_wl_smoothing < 1.0:
             raise bad("auto_wl_smoothing", "a number in [0, 1)", self.auto_wl_smoothing)
+        if not 0.0 < self.auto_region <= 1.0:
+            raise bad("auto_region", "a fraction in (0, 1]", self.auto_region)
         if self.rotate_deg not in (0, 90, 180, 270):
             raise bad("rotate_deg", "one of 0, 90, 180, 270", self.rotate_deg)
         if self.collimation is not None:
@@ -683,7 +689,12 @@ class ImageChain:
         if s.window is not None:
             low, high = s.level - 0.5 * s.window, s.level + 0.5 * s.window
         else:
-            low, high = auto_window(img, s.auto_percentiles, s.collimation)
+            r0, r1, c0, c1 = _field(img.shape, s.collimation)
+            if s.auto_region < 1.0:
+                mr = int((r1 - r0) * (1 - s.auto_region) / 2)
+                mc = int((c1 - c0) * (1 - s.auto_region) / 2)
+                r0, r1, c0, c1 = r0 + mr, r1 - mr, c0 + mc, c1 - mc
+            low, high = auto_window(img, s.auto_percentiles, (r0, r1, c0, c1))
             if self._auto_wl is not None and s.auto_wl_smoothing > 0:
                 w = s.auto_wl_smoothing
                 low = w * self._auto_wl[0] + (1 - w) * low

@@ -79,7 +79,7 @@ class Session:
         self.opening_pressure_cmh2o: float | None = None
         self.events: list[tuple[float, str]] = []
         self.imager = LiveImager(Imager())
-        self.chain = ImageChain(chain_settings or ChainSettings())
+        self.chain = ImageChain(chain_settings or ChainSettings(auto_region=0.6))
         self.ledger = DoseLedger()
         self.recorder: LoopRecorder | None = None
         self._consumers: list[FrameConsumer] = []

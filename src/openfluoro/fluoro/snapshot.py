@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from openfluoro.fluoro.chain import ChainSettings, ImageChain
+from openfluoro.fluoro.exposure import decide_exposure
 from openfluoro.fluoro.frame import Exposure
 from openfluoro.fluoro.imager import Imager
 from openfluoro.geometry.carm import CArmPose, Detector, Geometry, standard_view
@@ -34,8 +35,8 @@ def render_snapshot(
     mvol: MaterialVolume,
     view: str = "PA",
     isocentre_lps_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
-    kvp: float = 80.0,
-    ma: float = 2.0,
+    kvp: float | None = None,
+    ma: float | None = None,
     pulse_ms: float = 10.0,
     size_px: int = 512,
     sid_mm: float = 1000.0,
@@ -44,14 +45,22 @@ def render_snapshot(
     seed: int | None = 0,
     source: str = "",
 ) -> Snapshot:
-    """Render, expose and process one frame; ``seed=None`` gives a noiseless frame."""
+    """Render, expose and process one frame; ``seed=None`` gives a noiseless frame.
+
+    Without ``kvp`` and ``ma`` the technique is the ADRC's for normal-dose fluoroscopy at
+    this view, with four times the tube current, as for a digital spot image.
+    """
     pose = standard_view(view, CArmPose(sid_mm=sid_mm, sod_mm=sod_mm, isocentre_lps_mm=isocentre_lps_mm))
     geometry = Geometry(pose, Detector.square(size_px, field_mm))
-    exposure = Exposure(kvp=kvp, ma=ma, pulse_ms=pulse_ms, pulse_rate_pps=0.0, acquisition="spot")
     paths = project_materials(mvol, geometry)
+    if kvp is None or ma is None:
+        auto = decide_exposure(paths, geometry, "normal", 7.5).exposure
+        kvp = auto.kvp if kvp is None else kvp
+        ma = 4.0 * auto.ma * auto.pulse_ms / pulse_ms if ma is None else ma
+    exposure = Exposure(kvp=kvp, ma=ma, pulse_ms=pulse_ms, pulse_rate_pps=0.0, acquisition="spot")
     rng = None if seed is None else np.random.default_rng(seed)
     exposed = Imager().expose(paths, geometry, exposure, rng)
-    chain = ImageChain(ChainSettings(frame_counter=False))
+    chain = ImageChain(ChainSettings(frame_counter=False, auto_region=0.6))
     display = chain.process(exposed.signal, {"i0": exposed.open_field_quanta})
     sidecar = {
         "source": source,
