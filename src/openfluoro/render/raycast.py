@@ -43,10 +43,15 @@ class PackedBlock:
     #: per axis (i, j, k): ``[plane, row, (x0, x1)]``, where along each in-plane row a sample
     #: can touch non-empty voxels; samples outside are skipped unread (empty-space skipping)
     plane_bounds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: skipping pays only where much of the box is empty (a vertebra's box, not a CT's)
+    sparse: bool | None = None
 
     def __post_init__(self) -> None:
         if self.plane_bounds is None:
             object.__setattr__(self, "plane_bounds", _plane_bounds(self.counts, self.offset))
+        if self.sparse is None:
+            occupied = float(np.mean(np.any(self.counts != self.offset, axis=3)))
+            object.__setattr__(self, "sparse", occupied < 0.5)
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,8 +108,8 @@ class MaterialVolume:
         for a rigid motion; a stretch keeps each voxel's density (see ``scene.segments``).
         """
         t = np.asarray(transform_lps, dtype=float)
-        return MaterialVolume(tuple(PackedBlock(b.counts, t @ b.affine_lps, b.channels, b.offset, b.plane_bounds)
-                                    for b in self.blocks),
+        return MaterialVolume(tuple(PackedBlock(b.counts, t @ b.affine_lps, b.channels, b.offset, b.plane_bounds,
+                                                b.sparse) for b in self.blocks),
                               self.shape, self.materials)
 
     def corners_lps_mm(self) -> np.ndarray:
@@ -235,7 +240,7 @@ def project_materials(
         inv = np.linalg.inv(block.affine_lps)
         lin, off = inv[:3, :3], inv[:3, 3]
         _cast_kernel(
-            block.counts, *block.plane_bounds, DENSITY_QUANTUM_G_CM3, float(block.offset), out,
+            block.counts, *block.plane_bounds, bool(block.sparse), DENSITY_QUANTUM_G_CM3, float(block.offset), out,
             block.channels[0], block.channels[1],
             src_w, pix00, du, dv, lin @ src_w + off, lin @ pix00 + off, lin @ du, lin @ dv,
             window.row0, window.row1, window.col0, window.col1,
@@ -266,7 +271,7 @@ def _plane_range(s: float, d: float, t0: float, t1: float) -> tuple[int, int]:
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
-def _cast_kernel(vol, bnd_i, bnd_j, bnd_k, quantum, offset, out, ch0, ch1, src_w, pix00_w, du_w, dv_w, src_i, pix00_i, du_i, dv_i,
+def _cast_kernel(vol, bnd_i, bnd_j, bnd_k, skip_empty, quantum, offset, out, ch0, ch1, src_w, pix00_w, du_w, dv_w, src_i, pix00_i, du_i, dv_i,
                  r0, r1, c0, c1):
     """Joseph ray casting of a two-channel packed block into ``out[ch0]`` and ``out[ch1]``."""
     nk, nj, ni, _ = vol.shape
@@ -323,13 +328,12 @@ def _cast_kernel(vol, bnd_i, bnd_j, bnd_k, quantum, offset, out, ch0, ch1, src_w
             a1 = 0.0
             n_read = 0
             for p in range(p0, p1 + 1):
-                yr = int(y)
-                if yr > ny - 2:
-                    yr = ny - 2
-                if x < bnd[p, yr, 0] or x > bnd[p, yr, 1]:
-                    x += gx                     # nothing but empty voxels around: skip unread
-                    y += gy
-                    continue
+                if skip_empty:
+                    yr = min(int(y), ny - 2)
+                    if x < bnd[p, yr, 0] or x > bnd[p, yr, 1]:
+                        x += gx                 # nothing but empty voxels around: skip unread
+                        y += gy
+                        continue
                 n_read += 1
                 x0 = min(max(int(x), 0), nx - 2)
                 y0 = min(max(int(y), 0), ny - 2)
