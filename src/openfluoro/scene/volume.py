@@ -92,6 +92,13 @@ def ras_to_lps(affine_ras: np.ndarray) -> np.ndarray:
 def load_volume(path: str | Path, series_uid: str | None = None) -> Volume:
     """Read a CT volume from a DICOM series folder, NIfTI, NRRD or MHA file.
 
+    ``path`` is a folder holding one DICOM CT series (searched recursively; when it holds
+    several, ``series_uid`` picks one), a single DICOM file (a multi-frame Enhanced CT, or
+    one slice standing for its series in its folder), ``.nii``/``.nii.gz`` (RAS, turned into
+    LPS), ``.nrrd``/``.nhdr`` or ``.mha``/``.mhd`` (read by SimpleITK, already LPS).
+    HU are float32; values below -1024 HU (scanner padding) are clipped to -1024, and DICOM
+    voxels marked by PixelPaddingValue are set to -1024.
+
     Raises ``VolumeError`` naming the file and the field for anything unusable.
     """
     from openfluoro.scene import readers
