@@ -289,6 +289,31 @@ def igtl_cmd(
     typer.echo(f"sent {n} frame(s)")
 
 
+@app.command("console")
+def console_cmd(
+    volume: Optional[Path] = typer.Option(None, "--volume", help="CT to load: DICOM folder, .nii/.nii.gz, .nrrd or "
+                                                                 ".mha (default: the built-in phantom)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 opens it to the network)"),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="TCP port (0: any free port)"),
+    token: Optional[str] = typer.Option(None, "--token", help="access token (default: a new random one, printed)"),
+) -> None:
+    """The live console: a fluoroscopy workstation in the browser (prints its URL with the access token)."""
+    from openfluoro.console.server import serve
+    from openfluoro.scene.volume import VolumeError
+
+    if token is not None and len(token) < 8:
+        _fail("--token: use at least 8 characters")
+    try:
+        serve(volume=volume, host=host, port=port, token=token,
+              echo=lambda m: typer.echo(m, err=m.startswith("warning")))
+    except VolumeError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc}")
+    except KeyboardInterrupt:
+        typer.echo("console stopped")
+
+
 @app.command("phantom")
 def phantom_cmd(
     output: Path = typer.Option(Path("phantom.nii.gz"), "-o", "--output",
