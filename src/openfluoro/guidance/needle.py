@@ -1,0 +1,751 @@
+"""Needle detection and tip tracking in fluoroscopy frames (from the image and its geometry).
+
+A spinal needle in a frame is a thin, dark, perfectly straight line. Detection:
+
+1. **Candidates** on the half-resolution frame: the Hessian of a lightly smoothed image
+   gives dark-line strength and direction per pixel; ridge maxima vote, each near its own
+   direction, in a Hough accumulator; its peaks are candidate lines.
+2. **Refinement** at full resolution along each candidate: a strip of profiles across the
+   line every half pixel gives, per position ``t`` along it, the sub-pixel centre of the
+   dark line and its contrast ``c(t)`` (mean of the flanks minus the centre). The line is
+   refitted to the centres (weighted total least squares) twice.
+3. **The segment** is the longest run of ``c(t)`` above a threshold set from the strip's
+   own noise (gaps of a few pixels are bridged, e.g. where the needle crosses a cortex);
+   the best candidate maximises contrast-to-noise x sqrt(length) and straightness.
+4. **The tip**: the half-maximum crossing of ``c(t)`` at the tip end (sub-pixel), moved
+   forward by half the projected Quincke bevel (the bevel thins the steel to nothing over
+   ``2 r / tan(20 deg)``, ~2 mm for 22 G, so the half-maximum lies half a bevel behind the
+   sharp point).
+5. **Which end is the tip** (one view cannot tell by itself): an end on the image border
+   or fading into the over-exposed skin/air is the hub side; else the previous frame's tip
+   (tracker); else the epipolar line of the other view's tip (``tip_hint_line``); else the
+   anatomy of a posterior (prone) approach: the tip is the anterior end, and in views along
+   the AP axis, where anterior is along the beam, the cranial / medial end.
+
+``NeedleTracker`` runs detection per frame inside a band around the prediction (full-frame
+search on loss), and smooths tip and angle with an alpha-beta filter; a measurement far
+from the prediction restarts the track.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+
+from openfluoro.geometry.carm import Geometry
+from openfluoro.guidance import _filters as F
+
+#: outer diameter (mm) assumed for the bevel correction when the gauge is unknown (22 G)
+DEFAULT_NEEDLE_OD_MM = 0.718
+BEVEL_ANGLE_DEG = 20.0
+#: acceptance of a candidate line (from development frames; see module docstring)
+MAX_WIDTH_RATIO = 0.25
+#: tip correction: fraction of the half-bevel (lateral development frames: the half-maximum
+#: lies ~0.85 half-bevels behind the point) and the least foreshortening assumed in one view
+BEVEL_GAIN = 0.85
+MIN_FORESHORTENING = 0.2
+#: an end-on needle (a dark spot): Laplacian peak over the frame's 99.9th percentile, and at least
+BLOB_RATIO = 3.0
+BLOB_MIN_LAPLACIAN = 25.0
+MIN_CNR = 5.0
+MIN_CONTRAST = 15.0
+
+
+@dataclass(frozen=True)
+class NeedleDetection:
+    """A needle found in one frame (image pixels: (col, row))."""
+
+    found: bool
+    tip_px: tuple[float, float] = (math.nan, math.nan)
+    tail_px: tuple[float, float] = (math.nan, math.nan)   # the visible end on the hub side
+    confidence: float = 0.0          # 0..1, from the line's contrast-to-noise and length
+    contrast: float = 0.0            # mean display-unit contrast of the line
+    cnr: float = 0.0                 # contrast-to-noise (per half-pixel sample, smoothed)
+    tip_side_confidence: float = 0.0  # 0..1 how sure we are which end is the tip
+    tip_cue: str = ""                # what decided the tip end
+    tracked: bool = False
+
+    @property
+    def direction(self) -> np.ndarray:
+        d = np.subtract(self.tip_px, self.tail_px)
+        n = float(np.hypot(*d))
+        return d / n if n > 0 else np.array([1.0, 0.0])
+
+    @property
+    def angle_deg(self) -> float:
+        """Image angle of the tail->tip direction (0 = +col, 90 = +row)."""
+        d = self.direction
+        return float(np.degrees(np.arctan2(d[1], d[0])))
+
+    @property
+    def length_px(self) -> float:
+        return float(np.hypot(*np.subtract(self.tip_px, self.tail_px)))
+
+    def to_dict(self) -> dict:
+        return {"found": self.found, "tip_px": list(self.tip_px), "tail_px": list(self.tail_px),
+                "angle_deg": self.angle_deg if self.found else None, "confidence": self.confidence,
+                "contrast": self.contrast, "tip_side_confidence": self.tip_side_confidence,
+                "tip_cue": self.tip_cue, "tracked": self.tracked}
+
+
+NOT_FOUND = NeedleDetection(False)
+
+
+@dataclass
+class _Line:
+    p0: np.ndarray          # a point on the line (col, row)
+    d: np.ndarray           # unit direction
+    t0: float = 0.0         # segment start (along d from p0)
+    t1: float = 0.0
+    score: float = 0.0
+    contrast: float = 0.0
+    cnr: float = 0.0
+    plateau: float = 0.0
+    ts: np.ndarray | None = None
+    c: np.ndarray | None = None
+    sat: np.ndarray | None = None
+    noise: float = 1.0
+    asym: float = 0.0
+    width: float = 0.0
+    resid: float = 0.0
+
+
+def _mask_for(image: np.ndarray) -> np.ndarray:
+    """Pixels worth searching: not the burnt-in frame counter, not collimated (black) borders."""
+    rows, cols = image.shape
+    m = np.ones((rows, cols), bool)
+    s = max(1, min(rows, cols) // 256)
+    m[: 2 * s + 5 * s + 2 * s + 4 * s, : 2 * s + 6 * 4 * s + 4 * s] = False
+    return m
+
+
+def _clip_to_image(p0: np.ndarray, d: np.ndarray, rows: int, cols: int) -> tuple[float, float]:
+    lo, hi = -1e9, 1e9
+    for k, n in ((0, cols), (1, rows)):
+        if abs(d[k]) < 1e-9:
+            if not (0 <= p0[k] <= n - 1):
+                return 0.0, -1.0
+            continue
+        a = (0.0 - p0[k]) / d[k]
+        b = (n - 1.0 - p0[k]) / d[k]
+        lo, hi = max(lo, min(a, b)), min(hi, max(a, b))
+    return lo, hi
+
+
+_OFFS = np.array([-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0], np.float32)
+
+
+def _profile(img: np.ndarray, line: _Line, t_lo: float, t_hi: float, step: float = 0.5):
+    ts = np.arange(t_lo, t_hi + 1e-6, step, dtype=np.float32)
+    prof = F.line_profiles(img, float(line.p0[0]), float(line.p0[1]), float(line.d[0]), float(line.d[1]), ts, _OFFS)
+    return ts, prof
+
+
+def _refine(img: np.ndarray, line: _Line, t_lo: float, t_hi: float, iterations: int = 2) -> _Line:
+    """Refit the line to the sub-pixel centres of the dark profile along it."""
+    for _ in range(iterations):
+        ts, prof = _profile(img, line, t_lo, t_hi, 1.0)
+        ok = ~np.isnan(prof).any(axis=1)
+        if ok.sum() < 8:
+            return line
+        p = prof[ok]
+        t = ts[ok]
+        flank = 0.5 * (p[:, 0] + p[:, 1] + p[:, 7] + p[:, 8]) / 2.0
+        centre = p[:, 3:6]
+        j = np.argmin(centre, axis=1)
+        y0, y1, y2 = p[:, 3], p[:, 4], p[:, 5]
+        den = y0 - 2 * y1 + y2
+        off = np.where(den > 1e-3, 0.5 * (y0 - y2) / np.maximum(den, 1e-3), 0.0)
+        off = np.clip(off, -1.0, 1.0)
+        off = np.where(j == 1, off, np.where(j == 0, -1.0, 1.0))
+        w = np.clip(flank - y1, 0.0, None)
+        if w.sum() <= 0:
+            return line
+        # keep the samples with clear contrast (the needle itself, not the empty continuation)
+        keep = w >= 0.3 * np.quantile(w, 0.9)
+        if keep.sum() < 6:
+            return line
+        w = w[keep]
+        nrm = np.array([-line.d[1], line.d[0]])
+        pts = line.p0[None, :] + t[keep, None] * line.d[None, :] + off[keep, None] * nrm[None, :]
+        c = (w[:, None] * pts).sum(0) / w.sum()
+        q = pts - c
+        cov = (w[:, None, None] * q[:, :, None] * q[:, None, :]).sum(0)
+        evals, evecs = np.linalg.eigh(cov)
+        d = evecs[:, 1]
+        if d @ line.d < 0:
+            d = -d
+        # re-express the segment bounds about the new origin
+        shift = float((c - line.p0) @ d)
+        t_lo, t_hi = t_lo - shift, t_hi - shift
+        line = replace(line, p0=c, d=d / np.linalg.norm(d))
+    line.t0, line.t1 = t_lo, t_hi
+    return line
+
+
+def _runs(on: np.ndarray, off: np.ndarray, max_gap: int, min_len: float) -> list[tuple[int, int]]:
+    """Runs that start and end "on", bridging at most ``max_gap`` "off" samples (samples that
+    are neither on nor off do not count as gap)."""
+    out = []
+    n = len(on)
+    i = 0
+    while i < n:
+        if not on[i]:
+            i += 1
+            continue
+        a = b = i
+        gap = 0
+        j = i + 1
+        while j < n:
+            if on[j]:
+                b = j
+                gap = 0
+            elif off[j]:
+                gap += 1
+                if gap > max_gap:
+                    break
+            j += 1
+        if b - a >= min_len:
+            out.append((a, b))
+        i = b + 1
+    return out
+
+
+def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
+             t_range: tuple[float, float] | None = None) -> _Line | None:
+    """Find the needle's run along a refined line; fills t0/t1, contrast, score."""
+    rows, cols = img.shape
+    lo, hi = _clip_to_image(line.p0, line.d, rows, cols)
+    if t_range is not None:
+        lo, hi = max(lo, t_range[0]), min(hi, t_range[1])
+    if hi - lo < min_len_px:
+        return None
+    ts, prof = _profile(img, line, lo + 1.0, hi - 1.0, 0.5)
+    valid = ~np.isnan(prof).any(axis=1)
+    prof = np.where(np.isnan(prof), 0.0, prof)
+    flank = 0.25 * (prof[:, 0] + prof[:, 1] + prof[:, 7] + prof[:, 8])
+    centre = prof[:, 3:6].min(axis=1)
+    c = flank - centre
+    sat = (prof.max(axis=1) >= 254.0) & (flank >= 250.0)
+    c = np.where(valid, c, 0.0)
+    cs = F.blur_1d(c, 3.0)
+    # noise of the smoothed contrast: from the pixel noise (the centre is a min of 3, biased)
+    sig = noise_px * 0.9 / math.sqrt(3.0) + 0.2
+    base = float(np.median(cs))
+    mad = float(np.median(np.abs(cs - base))) * 1.4826
+    sig = max(sig, 0.5 * mad)
+    above = cs - base
+    thr = max(4.0 * sig, 0.25 * float(np.quantile(above, 0.98)))
+    # a needle over dark bone is clipped to black: its contrast is only what the background
+    # leaves; a black centre line between clearly brighter flanks counts as needle
+    cmin = F.blur_1d(centre, 1.0)
+    lf = 0.5 * (prof[:, 0] + prof[:, 1])
+    rf = 0.5 * (prof[:, 7] + prof[:, 8])
+    side = F.blur_1d(np.minimum(lf, rf), 1.0)
+    near = F.blur_1d(np.minimum(prof[:, 2], prof[:, 6]), 1.0)
+    black = (cmin <= 4.0) & (side >= 15.0) & (near >= 8.0) & valid
+    on = (above > thr) | black
+    # where the background is clipped (black bone, white skin/air) a needle cannot show:
+    # such samples neither end nor extend a run
+    unknown = ~on & ((np.minimum(lf, rf) < 12.0) | (np.maximum(lf, rf) > 248.0) | ~valid)
+    off = ~on & ~unknown
+    runs = _runs(on, off, max_gap=16, min_len=2.0 * min_len_px)   # half-pixel samples: gaps <= 8 px
+    if not runs:
+        return None
+    best = None
+    for a, b in runs:
+        sel = on[a:b + 1]
+        plateau = float(np.quantile(above[a:b + 1][sel], 0.8))
+        # second pass: relative to this run's own plateau (drops faint bumps beyond gaps)
+        on2 = on.copy()
+        on2[a:b + 1] &= (above[a:b + 1] > 0.35 * plateau) | black[a:b + 1]
+        off2 = off | (on & ~on2)
+        sub = _runs(on2[a:b + 1], off2[a:b + 1], max_gap=16, min_len=min(2.0 * min_len_px, b - a))
+        for a2, b2 in sub:
+            a2, b2 = a + a2, a + b2
+            sel = on2[a2:b2 + 1]
+            m = float(np.mean(above[a2:b2 + 1][sel]))
+            score = m / sig * math.sqrt(float(sel.sum()) * 0.5)
+            if best is None or score > best[0]:
+                best = (score, a2, b2, m)
+    if best is None:
+        return None
+    score, a, b, m = best
+    sel = above[a:b + 1] > 0.35 * float(np.median(above[a:b + 1]))
+    plateau = float(np.median(above[a:b + 1][sel]))
+    seg = prof[a:b + 1][sel]
+    left = 0.5 * (seg[:, 0] + seg[:, 1])
+    right = 0.5 * (seg[:, 7] + seg[:, 8])
+    line.asym = float(np.mean(np.abs(left - right))) / max(m, 1e-3)
+    # darkness at +-2 px relative to the centre: ~1 for a narrow line, less for a wide band
+    mid2 = 0.5 * (seg[:, 2] + seg[:, 6])
+    fl = 0.5 * (left + right)
+    line.width = float(np.mean(fl - mid2) / max(np.mean(fl - seg[:, 3:6].min(axis=1)), 1e-3))
+    line.ts, line.c, line.sat, line.noise = ts, above, sat, sig
+    line.t0, line.t1 = float(ts[a]), float(ts[b])
+    line.score, line.contrast, line.cnr, line.plateau = score, m, m / sig, plateau
+    return line
+
+
+def _end_position(line: _Line, end: int, bevel_px: float) -> float:
+    """Sub-pixel half-maximum crossing at one end (+1: the t1 end, -1: the t0 end), corrected
+    outward by half the projected bevel."""
+    ts, c = line.ts, line.c
+    assert ts is not None and c is not None
+    step = float(ts[1] - ts[0])
+    i_end = int(np.clip(int(round(((line.t1 if end > 0 else line.t0) - float(ts[0])) / step)), 0, len(ts) - 1))
+    length = max(line.t1 - line.t0, 1.0)
+    n_out = int(round(min(12.0, 0.7 * length) / step))
+    n_in = max(1, int(round(min(3.0, 0.25 * length) / step)))
+    lo, hi = sorted((i_end - end * n_in, i_end - end * n_out))
+    inner = c[max(0, lo):max(0, hi) + 1]
+    plat = float(np.median(inner)) if inner.size >= 3 else line.plateau
+    half = 0.5 * plat
+    # walk from inside outward to the first crossing below half
+    i = int(np.clip(i_end - end * n_in, 0, len(ts) - 1))
+    raw = np.asarray(c, float)
+    while 0 <= i + end < len(ts) and raw[i + end] >= half:
+        i += end
+    if not (0 <= i + end < len(ts)):
+        return float(ts[i])
+    # smooth locally for the sub-pixel crossing
+    cs = F.blur_1d(raw, 1.0)
+    j0, j1 = i, i + end
+    a, b = cs[j0], cs[j1]
+    frac = 0.5 if a == b else float(np.clip((a - half) / (a - b), 0.0, 1.0))
+    t = float(ts[j0] + frac * (ts[j1] - ts[j0]))
+    return t + end * 0.5 * bevel_px
+
+
+def _projected_bevel_px(geometry: Geometry, p_px: np.ndarray, d_px: np.ndarray, od_mm: float,
+                        foreshortening: float | None = None) -> float:
+    """Half-maximum-to-point distance (px) at the tip: ``BEVEL_GAIN`` x half the bevel length,
+    magnified to the detector and foreshortened by ``foreshortening`` (sine of the angle
+    between needle and beam). Unknown foreshortening is estimated as that of the needle
+    direction, among those the image line allows, closest to anterior (a posterior
+    approach), but no less than ``MIN_FORESHORTENING``."""
+    bevel_mm = od_mm / math.tan(math.radians(BEVEL_ANGLE_DEG))
+    mag = geometry.pose.sid_mm / geometry.pose.sod_mm
+    if foreshortening is None:
+        foreshortening = estimate_foreshortening(geometry, p_px, d_px, (0.0, -1.0, 0.0))
+    f = float(np.clip(foreshortening, MIN_FORESHORTENING, 1.0))
+    return BEVEL_GAIN * bevel_mm * f * mag / geometry.detector.image_pitch_mm
+
+
+def estimate_foreshortening(geometry: Geometry, p_px, d_px, prior_dir_lps) -> float:
+    """Sine of the beam angle of the 3-D direction in the plane of the source and the image
+    line (through ``p_px`` along ``d_px``) that is closest to ``prior_dir_lps``."""
+    a = backproject(geometry, p_px)
+    b = backproject(geometry, np.asarray(p_px, float) + 10.0 * np.asarray(d_px, float))
+    u = b - a
+    u = u / np.linalg.norm(u)
+    r = a - geometry.pose.source_lps_mm
+    r = r - (r @ u) * u
+    r = r / np.linalg.norm(r)
+    q = np.asarray(prior_dir_lps, float)
+    d = (q @ u) * u + (q @ r) * r
+    if np.linalg.norm(d) < 1e-9:
+        return 1.0
+    d = d / np.linalg.norm(d)
+    beam = geometry.pose.to_detector
+    return float(np.sqrt(max(0.0, 1.0 - (d @ beam) ** 2)))
+
+
+def image_direction(geometry: Geometry, point_px: Sequence[float], direction_lps: Sequence[float],
+                    depth_mm: float | None = None) -> np.ndarray:
+    """Image displacement (px) of a 1 mm step along ``direction_lps`` at the point on the ray
+    through ``point_px`` at the isocentre's depth (or ``depth_mm`` from the source)."""
+    X = backproject(geometry, point_px, depth_mm)
+    d = np.asarray(direction_lps, float)
+    d = d / np.linalg.norm(d)
+    a, b = geometry.project(np.vstack([X, X + d]))
+    return b - a
+
+
+def backproject(geometry: Geometry, point_px: Sequence[float], depth_mm: float | None = None) -> np.ndarray:
+    """LPS point on the ray through ``point_px`` at ``depth_mm`` from the source along the beam
+    axis (default: the isocentre's, SOD)."""
+    pose = geometry.pose
+    P = geometry.projection_matrix()
+    M = P[:, :3]
+    ray = np.linalg.solve(M, np.array([point_px[0], point_px[1], 1.0]))
+    ray = ray / np.linalg.norm(ray)
+    w = float(ray @ pose.to_detector)
+    depth = pose.sod_mm if depth_mm is None else depth_mm
+    return pose.source_lps_mm + ray * depth / w
+
+
+@dataclass
+class TipPrior:
+    """Hints for deciding the tip end: previous tip (tracker), another view's epipolar line
+    ``(a, b, c)`` with ``a x + b y + c = 0``, and the image column of the spine's midline."""
+
+    previous_tip_px: tuple[float, float] | None = None
+    previous_tail_px: tuple[float, float] | None = None
+    epipolar_line: tuple[float, float, float] | None = None
+    midline_px: tuple[float, float] | None = None          # a point on the spine midline (AP views)
+    midline_dir: tuple[float, float] | None = None
+    motion_dir: tuple[float, float] | None = None           # image direction the needle was seen to advance
+
+
+def _orient(line: _Line, image: np.ndarray, geometry: Geometry, prior: TipPrior | None,
+            bevel_px: float) -> tuple[np.ndarray, np.ndarray, float, str]:
+    """Return (tip, tail, side_confidence, cue) for a segmented line."""
+    rows, cols = image.shape
+    e0 = line.p0 + line.t0 * line.d
+    e1 = line.p0 + line.t1 * line.d
+    votes: list[tuple[float, str]] = []   # positive: the t1 end is the tip
+
+    def near_border(p):
+        return min(p[0], p[1], cols - 1 - p[0], rows - 1 - p[1]) < 4.0
+
+    b0, b1 = near_border(e0), near_border(e1)
+    if b0 != b1:
+        votes.append((3.0 if b0 else -3.0, "border"))
+    # an end fading into saturated (over-exposed) background: the hub side outside the body
+    ts, sat = line.ts, line.sat
+    if ts is not None and sat is not None:
+        step = float(ts[1] - ts[0])
+        k0 = int(np.clip(round((line.t0 - ts[0]) / step), 0, len(ts) - 1))
+        k1 = int(np.clip(round((line.t1 - ts[0]) / step), 0, len(ts) - 1))
+        w = int(round(6.0 / step))
+        s0 = float(np.mean(sat[max(0, k0 - w):k0 + 1])) if k0 > 0 else 0.0
+        s1 = float(np.mean(sat[k1:k1 + w + 1])) if k1 < len(ts) - 1 else 0.0
+        if abs(s0 - s1) > 0.5:
+            votes.append((2.0 if s0 > s1 else -2.0, "overexposed"))
+    if prior is not None and prior.motion_dir is not None:
+        m = float(np.dot(prior.motion_dir, line.d))
+        if abs(m) > 0.5:
+            votes.append((4.0 if m > 0 else -4.0, "advance"))
+    if prior is not None and prior.previous_tip_px is not None and prior.previous_tail_px is not None:
+        pt = np.asarray(prior.previous_tip_px, float)
+        pl = np.asarray(prior.previous_tail_px, float)
+        keep = np.hypot(*(e0 - pl)) + np.hypot(*(e1 - pt))      # t1 end is the tip
+        swap = np.hypot(*(e1 - pl)) + np.hypot(*(e0 - pt))
+        if abs(keep - swap) > 4.0:
+            votes.append((2.5 if keep < swap else -2.5, "track"))
+    if prior is not None and prior.epipolar_line is not None:
+        a, b, c = prior.epipolar_line
+        n = math.hypot(a, b)
+        d0 = abs(a * e0[0] + b * e0[1] + c) / n
+        d1 = abs(a * e1[0] + b * e1[1] + c) / n
+        if abs(d0 - d1) > 2.0:
+            votes.append((2.0 if d1 < d0 else -2.0, "epipolar"))
+    # anatomy of a posterior approach
+    mid = 0.5 * (e0 + e1)
+    ant = image_direction(geometry, mid, (0.0, -1.0, 0.0))
+    along = float(ant @ line.d)           # px per mm of anterior travel, along the line
+    cran = image_direction(geometry, mid, (0.0, 0.0, 1.0))
+    mm_px = np.hypot(*cran)              # px per mm in the image at the isocentre
+    if abs(along) > 0.3 * mm_px:
+        votes.append((1.5 if along > 0 else -1.5, "anterior"))
+    else:
+        # views along the AP axis: the line's own image cannot tell. Priors: a paramedian
+        # needle heads for the midline; the C-arm is centred on the target interspace, which
+        # lies ahead of the tip on the needle's line
+        if prior is not None and prior.midline_px is not None:
+            m0 = np.asarray(prior.midline_px, float)
+            md = np.asarray(prior.midline_dir if prior.midline_dir is not None else cran, float)
+            md = md / np.linalg.norm(md)
+            nrm = np.array([-md[1], md[0]])
+            dist0, dist1 = abs((e0 - m0) @ nrm), abs((e1 - m0) @ nrm)
+            if abs(dist0 - dist1) > 0.25 * max(line.t1 - line.t0, 1.0):
+                votes.append((1.2 if dist1 < dist0 else -1.2, "medial"))
+        centre = np.array([(cols - 1) / 2.0, (rows - 1) / 2.0])
+        sc = float((centre - line.p0) @ line.d)
+        lead = (sc - line.t1) if sc > line.t1 else (sc - line.t0 if sc < line.t0 else 0.0)
+        d0, d1 = abs(sc - line.t0), abs(sc - line.t1)
+        v = (d0 - d1) / max(line.t1 - line.t0, 1.0)
+        if abs(v) > 0.05 or lead != 0.0:
+            votes.append((float(np.clip(v, -1.0, 1.0)), "centred"))
+    total = sum(v for v, _ in votes)
+    cue = max(votes, key=lambda v: abs(v[0]))[1] if votes else "none"
+    conf = float(1.0 - math.exp(-abs(total))) if votes else 0.0
+    if line.ts is None:                 # an end-on spot: its ends as they are
+        t_tip, t_tail = (line.t1, line.t0) if total >= 0 else (line.t0, line.t1)
+    elif total >= 0:
+        t_tip = _end_position(line, +1, bevel_px)
+        t_tail = line.t0
+    else:
+        t_tip = _end_position(line, -1, bevel_px)
+        t_tail = line.t1
+    return line.p0 + t_tip * line.d, line.p0 + t_tail * line.d, conf, cue
+
+
+def _candidates(img: np.ndarray, mask: np.ndarray, n_lines: int, roi_line: _Line | None = None,
+                roi_halfwidth: float = 16.0, blobs: list | None = None) -> list[_Line]:
+    """Candidate lines from full-resolution dark-ridge maxima voting in a Hough accumulator."""
+    rows, cols = img.shape
+    r0, r1, c0, c1 = 0, rows, 0, cols
+    mk = mask
+    if roi_line is not None:
+        lo, hi = _clip_to_image(roi_line.p0, roi_line.d, rows, cols)
+        if hi <= lo:
+            return []
+        ends = np.array([roi_line.p0 + lo * roi_line.d, roi_line.p0 + hi * roi_line.d])
+        c0 = int(max(0, np.floor(ends[:, 0].min() - roi_halfwidth)))
+        c1 = int(min(cols, np.ceil(ends[:, 0].max() + roi_halfwidth + 1)))
+        r0 = int(max(0, np.floor(ends[:, 1].min() - roi_halfwidth)))
+        r1 = int(min(rows, np.ceil(ends[:, 1].max() + roi_halfwidth + 1)))
+        rr, cc = np.mgrid[r0:r1, c0:c1]
+        nrm = np.array([-roi_line.d[1], roi_line.d[0]])
+        dist = np.abs((cc - roi_line.p0[0]) * nrm[0] + (rr - roi_line.p0[1]) * nrm[1])
+        mk = mask[r0:r1, c0:c1] & (dist <= roi_halfwidth)
+    sub = np.ascontiguousarray(img[r0:r1, c0:c1])
+    if sub.shape[0] < 8 or sub.shape[1] < 8:
+        return []
+    sm = F.blur(sub, 1.0)
+    strength = np.empty_like(sm)
+    lap = np.empty_like(sm)
+    F.ridge_and_laplacian(sm, strength, lap)
+    sample = strength[::3, ::3][mk[::3, ::3]]
+    if sample.size == 0:
+        return []
+    thr = max(float(np.quantile(sample, 0.995)), 4.0)
+    if blobs is not None:
+        b = _blob(sm, lap, mk)
+        if b is not None:
+            b.p0 = b.p0 + np.array([c0, r0], float)
+            blobs.append(b)
+    pts = F.ridge_nms_sm(sm, strength, thr, mk, 8000)
+    if pts.shape[0] < 5:
+        return []
+    pts[:, 0] += c0
+    pts[:, 1] += r0
+    pts[:, 2] = pts[:, 2] ** 2
+    n_theta = 180
+    rho_max = int(math.ceil(math.hypot(rows, cols))) + 1
+    acc = F.hough_votes(pts, n_theta, rho_max, 2)
+    lines = []
+    a = acc
+    for _ in range(n_lines):
+        k, ri = np.unravel_index(int(np.argmax(a)), a.shape)
+        if a[k, ri] <= 0:
+            break
+        ang = k * math.pi / n_theta
+        nrm = np.array([math.cos(ang), math.sin(ang)])
+        lines.append(_Line(nrm * (ri - rho_max), np.array([-math.sin(ang), math.cos(ang)])))
+        for dk in range(-5, 6):
+            a[(k + dk) % n_theta, max(0, ri - 8):ri + 9] = 0.0
+    return lines
+
+
+def _blob(sm: np.ndarray, lap: np.ndarray, mask: np.ndarray) -> _Line | None:
+    """A needle seen (nearly) end-on: the most compact dark spot (Laplacian maximum) if it
+    stands far above the frame's other spots; its extent along its principal axis."""
+    lm = np.where(mask, lap, 0.0)
+    k = int(np.argmax(lm))
+    r, c = divmod(k, lap.shape[1])
+    peak = float(lm[r, c])
+    sample = lap[::2, ::2][mask[::2, ::2]]
+    q = float(np.quantile(sample, 0.999)) if sample.size else 0.0
+    if peak < max(BLOB_RATIO * q, BLOB_MIN_LAPLACIAN):
+        return None
+    h = 10
+    r0, r1, c0, c1 = max(0, r - h), min(sm.shape[0], r + h + 1), max(0, c - h), min(sm.shape[1], c + h + 1)
+    win = sm[r0:r1, c0:c1]
+    yy, xx = np.mgrid[r0:r1, c0:c1]
+    rad = np.hypot(yy - r, xx - c)
+    ring = win[(rad >= 4.0) & (rad <= 6.5)]
+    centre = win[rad <= 1.5]
+    if ring.size < 8 or centre.size == 0:
+        return None
+    bg = float(np.median(ring))
+    depth = bg - float(centre.mean())
+    if depth <= 10.0:
+        return None
+    dark = (win < bg - 0.5 * depth) & (rad <= 8.0)
+    # the connected dark spot around the peak (4-neighbour flood fill)
+    from scipy import ndimage
+
+    lab, _ = ndimage.label(dark)
+    idl = lab[r - r0, c - c0]
+    if idl == 0:
+        idl = lab[np.unravel_index(int(np.argmin(win)), win.shape)]
+    yy, xx = np.nonzero(lab == idl)
+    if yy.size < 3 or yy.size > 200:
+        return None
+    w = (bg - win[yy, xx]).astype(float)
+    cx, cy = float((w * xx).sum() / w.sum()) + c0, float((w * yy).sum() / w.sum()) + r0
+    q0 = np.stack([xx + c0 - cx, yy + r0 - cy])
+    cov = (w * q0) @ q0.T / w.sum()
+    ev, evec = np.linalg.eigh(cov)
+    d = evec[:, 1]
+    half = math.sqrt(3.0 * max(ev[1] - ev[0], 0.0))
+    line = _Line(np.array([cx, cy]), d / np.linalg.norm(d), -half, half)
+    line.score = peak
+    line.contrast = depth
+    return line
+
+
+def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None = None,
+                  needle_od_mm: float = DEFAULT_NEEDLE_OD_MM, roi: tuple[np.ndarray, np.ndarray] | None = None,
+                  min_length_mm: float = 4.0, n_candidates: int = 4,
+                  foreshortening: float | None = None) -> NeedleDetection:
+    """Find the needle in one frame. ``roi`` = (point, direction) restricts the search to a
+    band around a predicted line (tracking)."""
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"detect_needle: expected a 2-D grey image, got shape {image.shape}")
+    mask = _mask_for(img)
+    noise = F.noise_sigma(img)
+    px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
+    min_len = min_length_mm * px_per_mm
+    roi_line = None
+    if roi is not None:
+        roi_line = _Line(np.asarray(roi[0], float), np.asarray(roi[1], float) / np.linalg.norm(roi[1]))
+    blobs: list[_Line] = []
+    cands = _candidates(img, mask, n_candidates, roi_line, blobs=blobs)
+    best = None
+    rows, cols = img.shape
+    for ln in cands:
+        lo, hi = _clip_to_image(ln.p0, ln.d, rows, cols)
+        if hi - lo < min_len:
+            continue
+        ln = _refine(img, ln, lo, hi)
+        seg = _segment(img, ln, noise, min_len)
+        if seg is None:
+            continue
+        if seg.width > MAX_WIDTH_RATIO + 0.15 or seg.cnr < 0.7 * MIN_CNR:
+            continue
+        # refine once more on the segment alone
+        seg2 = _refine(img, replace(seg), seg.t0, seg.t1, iterations=1)
+        seg2 = _segment(img, seg2, noise, min_len) or seg
+        # a needle is narrow (no darkness left 2 px off its centre line) and symmetric
+        if seg2.width > MAX_WIDTH_RATIO or seg2.cnr < MIN_CNR or seg2.contrast < MIN_CONTRAST:
+            continue
+        seg2.score = seg2.score / (1.0 + 2.0 * max(0.0, seg2.asym - 0.5))
+        if best is None or seg2.score > best.score:
+            best = seg2
+    blob = blobs[0] if blobs else None
+    if blob is not None and best is not None:
+        # the blob wins over a line it is not part of when it is much darker than the line
+        off = abs(float((blob.p0 - best.p0) @ np.array([-best.d[1], best.d[0]])))
+        along = float((blob.p0 - best.p0) @ best.d)
+        on_line = off < 4.0 and best.t0 - 4.0 <= along <= best.t1 + 4.0
+        if on_line or blob.contrast < 1.5 * best.contrast and (best.t1 - best.t0) > 3.0 * (blob.t1 - blob.t0 + 2.0):
+            blob = None
+    if blob is not None:
+        noise_c = noise / math.sqrt(3.0) + 0.2
+        tip, tail, side_conf, cue = _orient(blob, img, geometry, prior, 0.0)
+        conf = float(1.0 - math.exp(-blob.contrast / noise_c / 20.0))
+        return NeedleDetection(True, (float(tip[0]), float(tip[1])), (float(tail[0]), float(tail[1])), conf,
+                               float(blob.contrast), float(blob.contrast / noise_c), side_conf, "end-on " + cue,
+                               roi is not None)
+    if best is None:
+        return NOT_FOUND
+    bevel_px = _projected_bevel_px(geometry, best.p0, best.d, needle_od_mm, foreshortening)
+    tip, tail, side_conf, cue = _orient(best, img, geometry, prior, bevel_px)
+    conf = float(1.0 - math.exp(-max(0.0, best.score - 6.0) / 15.0))
+    return NeedleDetection(True, (float(tip[0]), float(tip[1])), (float(tail[0]), float(tail[1])), conf,
+                           float(best.contrast), float(best.cnr), side_conf, cue, roi is not None)
+
+
+@dataclass
+class NeedleTracker:
+    """Tracks one needle over the frames of a run (one C-arm pose; a new pose restarts it).
+
+    Per frame: detection in a band around the last line (full-frame search on loss); the
+    tip is averaged over frames while the needle is still and follows the measurement at
+    once when it moves (steps of more than ``jump_px``). The direction the needle is seen
+    to slide along its own line while it is advanced tells the tip end for good (a needle
+    moves toward its tip when advanced; both ends slide the same way in projection).
+    """
+
+    alpha: float = 0.5
+    jump_px: float = 2.5
+    gate_px: float = 40.0
+    needle_od_mm: float = DEFAULT_NEEDLE_OD_MM
+    midline_px: tuple[float, float] | None = None
+    midline_dir: tuple[float, float] | None = None
+    epipolar_line: tuple[float, float, float] | None = None
+    advance_evidence_px: float = 4.0
+    _geometry: Geometry | None = None
+    _tip: np.ndarray | None = None
+    _tail: np.ndarray | None = None
+    _ref: np.ndarray | None = None        # fixed reference direction of the track's line
+    _ends: tuple[float, float] | None = None
+    _ends0: tuple[float, float] | None = None
+    _motion: float = 0.0
+    _misses: int = 0
+    last: NeedleDetection = field(default_factory=lambda: NOT_FOUND)
+
+    def reset(self) -> None:
+        self._geometry = None
+        self._tip = self._tail = self._ref = None
+        self._ends = self._ends0 = None
+        self._motion = 0.0
+        self._misses = 0
+        self.last = NOT_FOUND
+
+    @property
+    def advance_direction(self) -> np.ndarray | None:
+        if self._ref is None or abs(self._motion) < self.advance_evidence_px:
+            return None
+        return self._ref * (1.0 if self._motion > 0 else -1.0)
+
+    def _prior(self) -> TipPrior:
+        adv = self.advance_direction
+        return TipPrior(previous_tip_px=None if self._tip is None else (float(self._tip[0]), float(self._tip[1])),
+                        previous_tail_px=None if self._tail is None else (float(self._tail[0]), float(self._tail[1])),
+                        midline_px=self.midline_px, midline_dir=self.midline_dir, epipolar_line=self.epipolar_line,
+                        motion_dir=None if adv is None else (float(adv[0]), float(adv[1])))
+
+    def update(self, image: np.ndarray, geometry: Geometry) -> NeedleDetection:
+        if self._geometry is not None and geometry != self._geometry:
+            self.reset()
+        self._geometry = geometry
+        prior = self._prior()
+        det = detect_needle(image, geometry, prior, self.needle_od_mm)
+        if not det.found:
+            self._misses += 1
+            if self._misses > 3:
+                self.reset()
+                self._geometry = geometry
+            return NOT_FOUND
+        self._misses = 0
+        z = np.asarray(det.tip_px, float)
+        tail = np.asarray(det.tail_px, float)
+        d = z - tail
+        d = d / max(np.hypot(*d), 1e-9)
+        if self._ref is None or self._tip is None or abs(float(d @ self._ref)) < 0.97 or \
+                abs(float((z - self._tip) @ np.array([-self._ref[1], self._ref[0]]))) > 6.0:
+            # a new line: restart the track
+            self._ref, self._motion = d, 0.0
+            self._ends = tuple(sorted((float(tail @ d), float(z @ d))))
+            self._ends0 = self._ends
+            self._tip, self._tail = z, tail
+            self.last = det
+            return det
+        # slide of the two ends along the line since the track began (ends matched by their
+        # position along the reference): evidence only from a rigid slide, both ends moving the
+        # same way by about as much
+        ends = tuple(sorted((float(tail @ self._ref), float(z @ self._ref))))
+        assert self._ends0 is not None
+        s0, s1 = ends[0] - self._ends0[0], ends[1] - self._ends0[1]
+        span0, span = self._ends0[1] - self._ends0[0], ends[1] - ends[0]
+        if abs(span - span0) > max(3.0, 0.2 * span0) and abs(self._motion) < self.advance_evidence_px:
+            self._ends0 = ends            # the visible extent changed: not a slide; start again
+            s0 = s1 = 0.0
+        if s0 * s1 > 0 and min(abs(s0), abs(s1)) > 2.0 and abs(s0 - s1) < max(2.5, 0.4 * max(abs(s0), abs(s1))):
+            if abs(0.5 * (s0 + s1)) > abs(self._motion):
+                self._motion = 0.5 * (s0 + s1)
+        self._ends = ends
+        if np.hypot(*(z - self._tip)) > self.jump_px:
+            self._tip = z
+        else:
+            self._tip = self._tip + self.alpha * (z - self._tip)
+        self._tail = tail
+        # re-decide the tip end with the (possibly new) advance evidence
+        if self.advance_direction is not None and float(self.advance_direction @ d) < 0:
+            det = detect_needle(image, geometry, self._prior(), self.needle_od_mm)
+            if det.found:
+                self._tip = np.asarray(det.tip_px, float)
+                self._tail = np.asarray(det.tail_px, float)
+        out = replace(det, tip_px=(float(self._tip[0]), float(self._tip[1])),
+                      tail_px=(float(self._tail[0]), float(self._tail[1])), tracked=True)
+        self.last = out
+        return out
