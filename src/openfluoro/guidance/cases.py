@@ -24,6 +24,7 @@ from openfluoro.scene.patient import Patient, patient_from_phantom
 #: Phantom seeds of development cases are < this; evaluation cases use seeds >= this.
 EVAL_SEED_FLOOR = 100_000
 LEVELS = ("L2-L3", "L3-L4", "L4-L5")
+TRACTION_RAMP_MM_S = 2.0
 DOSE_MODES = ("low", "normal", "high")
 VERTEBRA_NAMES = ("T12", "L1", "L2", "L3", "L4", "L5", "sacrum")
 DISC_NAMES = ("T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
@@ -177,8 +178,13 @@ def frame_truth(frame, patient: Patient, session) -> dict[str, Any]:
             continue
         axis = motion.spine.disc_axes.get(d) if motion is not None else None
         gain = opening * (abs(float(np.dot(axis, normals[d]))) if axis is not None and d in normals else 1.0)
+        up, lo = d.split("-")
+        lo = "sacrum" if lo == "S1" else lo
+        shift = 0.5 * (np.asarray(trans.get(up, np.zeros(3)), float) + np.asarray(trans.get(lo, np.zeros(3)), float))
+        centre = np.asarray(ld["centre"], float) + shift
         discs[d] = {"anterior_mm": ld["anterior_height_mm"] + gain, "middle_mm": ld["height_mm"] + gain,
-                    "posterior_mm": ld["posterior_height_mm"] + gain, "opening_mm": opening}
+                    "posterior_mm": ld["posterior_height_mm"] + gain, "opening_mm": opening,
+                    "centre_px": g.project(centre)[0].tolist()}
     t["discs"] = discs
     if "traction" in frame.ground_truth:
         t["traction"] = {k: frame.ground_truth["traction"][k] for k in ("per_disc_mm", "target_per_disc_mm")}
@@ -220,8 +226,8 @@ def run_case(spec: CaseSpec, size_px: int = 512, field_mm: float = 300.0) -> Cas
     if spec.traction_mm > 0:
         s.move_carm(lat_primary + spec.lat_jitter_deg[0], spec.lat_jitter_deg[1], sid_mm=spec.sid_mm)
         records += _record(s.run(3.0 / spec.pulse_rate_pps), "baseline", patient, s, spec.dose_mode)
-        s.set_traction(distraction_mm=spec.traction_mm, ramp_mm_per_s=4.0)
-        s.run(spec.traction_mm / 4.0 + 0.01)
+        s.set_traction(distraction_mm=spec.traction_mm, ramp_mm_per_s=TRACTION_RAMP_MM_S)
+        records += _record(s.run(spec.traction_mm / TRACTION_RAMP_MM_S + 0.01), "ramp", patient, s, spec.dose_mode)
         records += _record(s.run(3.0 / spec.pulse_rate_pps), "traction", patient, s, spec.dose_mode)
         s.set_traction(force_n=0.0, ramp_mm_per_s=100.0)
         s.run(1.0 / spec.pulse_rate_pps)

@@ -1,0 +1,103 @@
+"""Decompression (traction) monitoring: interspace heights against a baseline, and a verdict
+against the planned distraction.
+
+``verdict`` is a pure function (tested on its own); ``DecompressionMonitor`` feeds it with
+the heights measured frame after frame on a lateral (``interspace.InterspaceTracker``),
+averaging a few frames to beat the noise of a pulsed low-dose image.
+
+Verdicts, checked in this order:
+
+* ``no_baseline`` -- no baseline heights yet (or no monitored level seen in both);
+* ``over_distracted`` -- some level opened more than ``planned + over_margin`` (by default
+  the larger of 1 mm and half the plan);
+* ``uneven`` -- the levels opened by amounts that differ by more than ``uneven_mm``
+  (one level taking the pull while another stays shut);
+* ``reached`` -- every level opened by at least ``planned - tolerance``;
+* ``not_reached`` -- otherwise (still ramping, or the pull is too weak).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from openfluoro.guidance.interspace import InterspaceHeight
+
+MONITORED = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
+
+
+@dataclass(frozen=True)
+class DecompressionVerdict:
+    verdict: str
+    planned_mm: float
+    changes_mm: Mapping[str, float]
+    message: str
+    baseline_mm: Mapping[str, float] = field(default_factory=dict)
+    current_mm: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "planned_mm": self.planned_mm, "changes_mm": dict(self.changes_mm),
+                "message": self.message, "baseline_mm": dict(self.baseline_mm), "current_mm": dict(self.current_mm)}
+
+
+def verdict(changes_mm: Mapping[str, float], planned_mm: float, tolerance_mm: float = 0.5,
+            uneven_mm: float = 1.0, over_margin_mm: float | None = None) -> tuple[str, str]:
+    """(verdict, message) for per-level openings against the plan (see module docstring)."""
+    if planned_mm <= 0:
+        raise ValueError(f"planned distraction must be > 0 mm, got {planned_mm}")
+    if not changes_mm:
+        return "no_baseline", "no interspace measured in both the baseline and the current frame"
+    over = max(1.0, 0.5 * planned_mm) if over_margin_mm is None else over_margin_mm
+    vals = {k: float(v) for k, v in changes_mm.items()}
+    worst_over = max(vals, key=vals.get)
+    if vals[worst_over] > planned_mm + over:
+        return "over_distracted", (f"{worst_over} opened {vals[worst_over]:.1f} mm, more than the planned "
+                                   f"{planned_mm:.1f} mm + {over:.1f} mm: reduce the pull")
+    lo, hi = min(vals, key=vals.get), max(vals, key=vals.get)
+    if len(vals) > 1 and vals[hi] - vals[lo] > uneven_mm:
+        return "uneven", (f"uneven opening: {hi} {vals[hi]:.1f} mm vs {lo} {vals[lo]:.1f} mm "
+                          f"(spread > {uneven_mm:.1f} mm)")
+    if all(v >= planned_mm - tolerance_mm for v in vals.values()):
+        return "reached", (f"planned distraction reached: {', '.join(f'{k} {v:+.1f}' for k, v in vals.items())} mm "
+                           f"(plan {planned_mm:.1f} mm)")
+    return "not_reached", (f"not yet: least open {lo} {vals[lo]:+.1f} mm of the planned {planned_mm:.1f} mm")
+
+
+class DecompressionMonitor:
+    """Baseline interspace heights, their change during traction, and the verdict."""
+
+    def __init__(self, planned_mm: float, tolerance_mm: float = 0.5, uneven_mm: float = 1.0,
+                 levels: Sequence[str] = MONITORED, average_frames: int = 3, quantity: str = "middle_mm") -> None:
+        if planned_mm <= 0:
+            raise ValueError(f"planned distraction must be > 0 mm, got {planned_mm}")
+        if quantity not in ("anterior_mm", "middle_mm", "posterior_mm"):
+            raise ValueError(f"quantity must be anterior_mm, middle_mm or posterior_mm, got {quantity!r}")
+        self.planned_mm = float(planned_mm)
+        self.tolerance_mm = float(tolerance_mm)
+        self.uneven_mm = float(uneven_mm)
+        self.levels = tuple(levels)
+        self.quantity = quantity
+        self._baseline_frames: list[dict[str, float]] = []
+        self._recent: deque[dict[str, float]] = deque(maxlen=max(1, int(average_frames)))
+        self.baseline: dict[str, float] = {}
+
+    def _pick(self, heights: Iterable[InterspaceHeight]) -> dict[str, float]:
+        return {h.name: float(getattr(h, self.quantity)) for h in heights if h.name in self.levels}
+
+    def add_baseline(self, heights: Iterable[InterspaceHeight]) -> dict[str, float]:
+        """Add one frame's heights to the baseline (the baseline is their per-level median)."""
+        self._baseline_frames.append(self._pick(heights))
+        names = set().union(*self._baseline_frames)
+        self.baseline = {n: float(np.median([f[n] for f in self._baseline_frames if n in f])) for n in names}
+        return self.baseline
+
+    def update(self, heights: Iterable[InterspaceHeight]) -> DecompressionVerdict:
+        self._recent.append(self._pick(heights))
+        names = set().union(*self._recent)
+        current = {n: float(np.mean([f[n] for f in self._recent if n in f])) for n in names}
+        changes = {n: current[n] - self.baseline[n] for n in current if n in self.baseline}
+        v, msg = verdict(changes, self.planned_mm, self.tolerance_mm, self.uneven_mm)
+        return DecompressionVerdict(v, self.planned_mm, changes, msg, dict(self.baseline), current)
