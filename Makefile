@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench clean
+.PHONY: run demo test install bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The main job: the live console on the built-in phantom; it prints its URL with the token.
 run: $(STAMP)
+	$(VENV)/bin/openfluoro console
+
+demo: $(STAMP)
 	$(VENV)/bin/openfluoro demo --out out
 
 test: $(STAMP)
