@@ -372,5 +372,46 @@ def replay(
     typer.echo(f"wrote {writer(frames, output, fps)} ({len(frames)} frames)")
 
 
+# --------------------------------------------------------------------------- evaluate (guidance accuracy)
+
+evaluate_app = typer.Typer(help="Measure accuracy against the simulator's ground truth.", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@evaluate_app.command("guidance")
+def evaluate_guidance_cmd(
+    cases: int = typer.Option(20, "--cases", min=1, help="number of seeded cases (phantoms never used in development)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the case generator"),
+    volume: Optional[Path] = typer.Option(None, "--volume", help="evaluate on this CT instead of phantoms"),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="label map of the CT (TotalSegmentator 'total' ids)"),
+    label_offset_k: int = typer.Option(0, "--label-offset-k", min=0, help="first CT slice the label map covers"),
+    size: int = typer.Option(512, "--size", min=128, max=2048, help="detector rows and columns"),
+    voxel_mm: float = typer.Option(1.5, "--voxel-mm", min=0.75, max=2.0, help="phantom voxel size"),
+    quiet: bool = typer.Option(False, "--quiet", help="no per-case progress lines"),
+) -> None:
+    """Run the guidance (needle, levels, interspaces, depth, decompression) on rendered frames
+    and print its accuracy; the last line is machine-readable."""
+    from openfluoro.guidance import evaluate as ev
+
+    progress = None if quiet else typer.echo
+    try:
+        if volume is None:
+            if labels is not None:
+                _fail("--labels needs --volume")
+            _, table, summary = ev.evaluate_guidance(cases, seed, progress=progress, size_px=size, voxel_mm=voxel_mm)
+        else:
+            from openfluoro.scene.volume import VolumeError
+
+            try:
+                _, table, summary = ev.evaluate_volume(volume, labels, label_offset_k, cases, seed,
+                                                       progress=progress, size_px=size)
+            except VolumeError as exc:
+                _fail(str(exc))
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(table)
+    typer.echo(ev.last_line(summary))
+
+
 if __name__ == "__main__":
     app()

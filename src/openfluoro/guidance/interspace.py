@@ -43,6 +43,11 @@ def px_to_mm(distance_px: float, geometry: Geometry, depth_offset_mm: float = 0.
     return float(distance_px) / px_per_mm_at_isocentre(geometry, depth_offset_mm)
 
 
+#: correction of the measured wedge (anterior/posterior minus middle height): development
+#: laterals show 0.80 of the phantom's true wedge (regression through the origin, 170 discs)
+WEDGE_GAIN = 1.25
+
+
 @dataclass(frozen=True)
 class InterspaceHeight:
     """Anterior, middle and posterior height of one interspace, mm at the isocentre, with the
@@ -83,8 +88,10 @@ def heights_of(rd: RefinedDisc, frame: ViewFrame, name: str | None, px_per_mm: f
         a, b = frame.from_norm([top, bottom])
         calipers[key] = ((float(a[0]), float(a[1])), (float(b[0]), float(b[1])))
     c = frame.from_norm([rd.centre])[0]
-    if frame.kind == "lateral" and frame.flip_x:
-        pass          # front/back already follow anterior/posterior in the normalised frame
+    # the fitted endplates show ~80 % of the true wedge (development laterals): scale the
+    # anterior and posterior heights' departure from the middle height accordingly
+    for key in ("anterior", "posterior"):
+        out[key] = out["middle"] + WEDGE_GAIN * (out[key] - out["middle"])
     return InterspaceHeight(name, out["anterior"], out["middle"], out["posterior"], (float(c[0]), float(c[1])),
                             calipers, float(1.0 / (1.0 + rd.residual_px)))
 

@@ -126,6 +126,9 @@ class Disc:
     front_px: tuple[float, float] | None = None
     back_px: tuple[float, float] | None = None
     refined: "RefinedDisc | None" = field(default=None, repr=False, compare=False)
+    #: True for an interspace not seen but placed from its named neighbours (for naming the
+    #: level of a needle; it has no endplates and is never measured)
+    predicted: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,49 @@ def disc_candidates(small: np.ndarray, px_per_mm_small: float, kind: str) -> tup
     return out, bank
 
 
+def column_axis(small: np.ndarray, pxs: float, widths_mm=(36.0, 44.0, 52.0)) -> np.ndarray:
+    """Column (x, quarter-res px) of the vertebral bodies per row of a normalised AP frame:
+    a dark band of body width between brighter flanks, followed row to row by dynamic
+    programming (at most one pixel per row)."""
+    a = F.blur(small, 1.0)
+    a = np.minimum(a, np.quantile(a, 0.5))          # keep bright soft tissue from dominating
+    rows, cols = a.shape
+    cs = np.cumsum(np.pad(a, ((0, 0), (1, 0))), axis=1)
+    G = max(2, int(round(8.0 * pxs)))
+    R = np.full((rows, cols), -1e6, np.float64)
+    for Wmm in widths_mm:
+        h = max(2, int(round(Wmm * pxs / 2)))
+        x = np.arange(h + G, cols - h - G)
+        if len(x) == 0:
+            continue
+        inner = (cs[:, x + h] - cs[:, x - h]) / (2 * h)
+        outer = 0.5 * ((cs[:, x - h] - cs[:, x - h - G]) / G + (cs[:, x + h + G] - cs[:, x + h]) / G)
+        R[:, x] = np.maximum(R[:, x], outer - inner)
+    R = np.clip(R, -30.0, 60.0)
+    score = R[0].copy()
+    back = np.zeros((rows, cols), np.int64)
+    idx = np.arange(cols)
+    for r in range(1, rows):
+        best = score.copy()
+        arg = idx.copy()
+        for dlt in (-1, 1):
+            sh = np.full(cols, -1e18)
+            if dlt > 0:
+                sh[dlt:] = score[:-dlt] - 0.5
+            else:
+                sh[:dlt] = score[-dlt:] - 0.5
+            better = sh > best
+            best[better] = sh[better]
+            arg[better] = idx[better] - dlt
+        score = best + R[r]
+        back[r] = arg
+    x = np.zeros(rows, np.int64)
+    x[-1] = int(np.argmax(score))
+    for r in range(rows - 1, 0, -1):
+        x[r - 1] = back[r, x[r]]
+    return x.astype(float)
+
+
 def _chain(cands: list[DiscCandidate], px_per_mm_small: float, kind: str) -> list[DiscCandidate]:
     """The most spine-like chain of candidates (top to bottom) by dynamic programming."""
     if not cands:
@@ -262,7 +308,8 @@ def _chain(cands: list[DiscCandidate], px_per_mm_small: float, kind: str) -> lis
     return chain[::-1]
 
 
-def _extend(chain: list[DiscCandidate], bank: np.ndarray, pxs: float, kind: str) -> list[DiscCandidate]:
+def _extend(chain: list[DiscCandidate], bank: np.ndarray, pxs: float, kind: str,
+            axis: np.ndarray | None = None) -> list[DiscCandidate]:
     """Grow the chain up and down: look for the next disc one body height beyond the last one
     along its normal (angle extrapolated), accepting weaker bands than the first pass."""
     if len(chain) < 2:
@@ -295,7 +342,9 @@ def _extend(chain: list[DiscCandidate], bank: np.ndarray, pxs: float, kind: str)
                     if not (0 <= xi < cols and 0 <= yi < rows):
                         continue
                     k = int(A[yi, xi])
-                    if abs(ANGLES[k] - ang) > math.radians(22.0):
+                    if abs(ANGLES[k] - ang) > math.radians(22.0 if axis is None else 12.0):
+                        continue
+                    if axis is not None and (abs(xi - axis[yi]) > 10.0 * pxs or abs(ANGLES[k]) > math.radians(24)):
                         continue
                     v = float(D[yi, xi]) - 0.002 * (dn * dn + 0.5 * dt * dt) / pxs ** 2 * med
                     if best is None or v > best[0]:
@@ -483,6 +532,17 @@ def _strip(norm_sm, c, a, n, us, vs):
     return np.where(np.isnan(prof), fill, prof).astype(np.float32), ok_u
 
 
+def _smooth_strip(prof: np.ndarray) -> np.ndarray:
+    """Average +-1 mm along the disc (rows: 0.5 mm apart) and ~1 px across (columns: 0.25 px)."""
+    k = 2
+    cs = np.cumsum(np.pad(prof, ((k, k), (0, 0)), mode="edge"), axis=0)
+    p = ((cs[2 * k:] - cs[:-2 * k]) / (2 * k))[: prof.shape[0]]
+    for _ in range(2):
+        q = np.pad(p, ((0, 0), (2, 2)), mode="edge")
+        p = (q[:, :-4] + q[:, 1:-3] + q[:, 2:-2] + q[:, 3:-1] + q[:, 4:]) / 5.0
+    return p.astype(np.float32)
+
+
 def _margins(norm_sm, P, c, a, n, line, side: int, u_lo: float, u_hi: float) -> tuple[float, float]:
     """Front and back margins of the body on one side of a disc (side -1: the body above the
     ``line``, +1: below), from the darkness 2-6 mm into the body along the disc direction."""
@@ -534,14 +594,19 @@ def refine_disc(norm_sm: np.ndarray, px_per_mm: float, centre: Sequence[float], 
         half_u = 32.0 if kind == "lateral" else 36.0
         us = np.arange(-half_u * P, half_u * P + 0.01, 0.5 * P)
         vs = np.arange(-13.0 * P, 13.0 * P + 0.01, 0.25)
+        if it == 1:                                         # second pass: near the first lines
+            vlo = min(up[0] + up[1] * us[0], up[0] + up[1] * us[-1]) - 4.0 * P
+            vhi = max(lo[0] + lo[1] * us[0], lo[0] + lo[1] * us[-1]) + 4.0 * P
+            vs = vs[(vs >= vlo - 1.0) & (vs <= vhi + 1.0)]
         prof, ok_u = _strip(norm_sm, c, a, n, us, vs)
-        k = 2                                               # average over +-1 mm along the disc
-        cs = np.cumsum(np.pad(prof, ((k, k), (0, 0)), mode="edge"), axis=0)
-        prof = ((cs[2 * k:] - cs[:-2 * k]) / (2 * k)).astype(np.float32)[: len(us)]
+        prof = _smooth_strip(prof)
         dp = np.zeros_like(prof)
         dp[:, 1:-1] = 0.5 * (prof[:, 2:] - prof[:, :-2])
         e = np.empty((len(us), 3), np.float32)
-        F.edge_pairs(dp, vs.astype(np.float32), np.float32(7.0 * P), np.float32(1.2 * P), np.float32(22.0 * P), e)
+        vc = 0.5 * (float(vs[0]) + float(vs[-1]))
+        F.edge_pairs(dp, (vs - vc).astype(np.float32), np.float32(7.0 * P if it == 0 else 0.5 * (vs[-1] - vs[0])),
+                     np.float32(1.2 * P), np.float32(22.0 * P), e)
+        e[:, :2] += vc
         strength = np.where(ok_u, e[:, 2], 0.0)
         if not np.any(strength > 0):
             return None
@@ -662,17 +727,38 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
     small = _quarter(norm)
     pxs = vf.px_per_mm / SCALE
     cands, bank = disc_candidates(small, pxs, vf.kind)
+    ax = None
+    if vf.kind == "ap":
+        ax = column_axis(small, pxs)
+        rows_s = small.shape[0]
+        cands = [c for c in cands
+                 if abs(c.x - ax[int(np.clip(round(c.y), 0, rows_s - 1))]) < 12.0 * pxs and abs(c.angle) < math.radians(24)]
     chain = _chain(cands, pxs, vf.kind)
-    chain = _extend(chain, bank, pxs, vf.kind)
+    chain = _extend(chain, bank, pxs, vf.kind, ax)
     steps = _level_steps(chain)
-    axis_x = float(np.median([c.x for c in chain])) if chain else None
-    dome = find_dome(small, pxs, axis_x) if vf.kind == "lateral" else None
-    names, anchor, conf = _name_chain(chain, steps, dome, pxs)
-    norm_sm = F.blur(norm, 0.8)
-    discs = []
-    for c, nm in zip(chain, names):
+    norm_sm = norm
+    refined = []
+    for c in chain:
         cn = (c.x * SCALE + (SCALE - 1) / 2.0, c.y * SCALE + (SCALE - 1) / 2.0)
-        rd = refine_disc(norm_sm, vf.px_per_mm, cn, c.angle, vf.kind)
+        refined.append((cn, refine_disc(norm_sm, vf.px_per_mm, cn, c.angle, vf.kind)))
+    names, anchor, conf = [None] * len(chain), "none", 0.0
+    from openfluoro.guidance import naming
+
+    if chain and naming.model_available(vf.kind):
+        sm = naming.smooth_for_features(small, pxs)
+        feats = np.array([naming.disc_features(sm, pxs, *naming.to_small(rd.centre if rd is not None else cn))
+                          for cn, rd in refined])
+        prob = naming.name_probabilities(vf.kind, feats)
+        names, conf, _ = naming.name_chain(prob, steps)
+        anchor = "model"
+    elif chain and vf.kind == "lateral":
+        axis_x = float(np.median([c.x for c in chain]))
+        dome = find_dome(small, pxs, axis_x)
+        names, anchor, conf = _name_chain(chain, steps, dome, pxs)
+    discs = []
+    for c, nm, (cn, rd) in zip(chain, names, refined):
+        if anchor == "model" and nm is None:
+            continue                       # a band that cannot be a lumbar interspace
         if rd is None:
             p = vf.from_norm([cn])[0]
             discs.append(Disc(nm, (float(p[0]), float(p[1])), None, None, c.strength))
@@ -685,4 +771,65 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
                           Endplate(tuple(map(float, pts[0])), tuple(map(float, pts[1]))),
                           Endplate(tuple(map(float, pts[2])), tuple(map(float, pts[3]))), c.strength,
                           (float(mid_f[0]), float(mid_f[1])), (float(mid_b[0]), float(mid_b[1])), rd))
-    return LevelResult(vf.kind, tuple(discs), (), anchor, conf, vf)
+    if anchor == "model":
+        discs = _with_predicted(discs, vf)
+    return LevelResult(vf.kind, tuple(discs), tuple(_vertebrae(discs)), anchor, conf, vf)
+
+
+def _with_predicted(discs: list[Disc], vf: ViewFrame, extend: int = 2) -> list[Disc]:
+    """Add the interspaces missing between named ones (interpolated) and up to ``extend``
+    beyond the ends (extrapolated one level step at a time), inside the frame."""
+    from openfluoro.guidance.naming import CLASSES
+
+    named = {d.name: d for d in discs if d.name in CLASSES}
+    if len(named) < 2:
+        return discs
+    idx = sorted(CLASSES.index(n) for n in named)
+    pos = {i: vf.to_norm([named[CLASSES[i]].centre_px])[0] for i in idx}
+    out = list(discs)
+    margin = 8.0
+
+    def inside(p):
+        return margin <= p[0] < vf.cols - margin and margin <= p[1] < vf.rows - margin
+
+    def add(i, p):
+        q = vf.from_norm([p])[0]
+        out.append(Disc(CLASSES[i], (float(q[0]), float(q[1])), None, None, 0.0, predicted=True))
+
+    for i in range(idx[0], idx[-1] + 1):
+        if i in pos:
+            continue
+        lo = max(j for j in idx if j < i)
+        hi = min(j for j in idx if j > i)
+        t = (i - lo) / (hi - lo)
+        p = (1 - t) * pos[lo] + t * pos[hi]
+        pos[i] = p
+        add(i, p)
+    for direction in (-1, 1):
+        ends = sorted(pos)
+        last = ends[0] if direction < 0 else ends[-1]
+        prev = ends[1] if direction < 0 else ends[-2]
+        step = pos[last] - pos[prev]
+        for k in range(1, extend + 1):
+            i = last + direction * k
+            if not (0 <= i < len(CLASSES)):
+                break
+            p = pos[last] + k * step
+            if not inside(p):
+                break
+            add(i, p)
+    out.sort(key=lambda d: CLASSES.index(d.name) if d.name in CLASSES else -1)
+    return out
+
+
+def _vertebrae(discs: list[Disc]) -> list[Vertebra]:
+    """Vertebral bodies between consecutive named interspaces (L1..L5)."""
+    by = {d.name: d for d in discs if d.name}
+    out = []
+    for up, lo in zip(DISC_LEVELS[:-1], DISC_LEVELS[1:]):
+        name = up.split("-")[1]
+        if up in by and lo in by:
+            a, b = np.asarray(by[up].centre_px), np.asarray(by[lo].centre_px)
+            c = 0.5 * (a + b)
+            out.append(Vertebra(name, (float(c[0]), float(c[1])), by[up].lower, by[lo].upper))
+    return out
