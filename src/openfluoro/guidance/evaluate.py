@@ -215,11 +215,16 @@ def evaluate_case(rec: CaseRecord, scores: Scores, patient=None) -> None:
         mon = DecompressionMonitor(planned_mm=float(rec.truth.get("traction_mm") or 1.0))
         mon.add_baseline(hb)
         hc = hb
-        for fr in ramp + trac:
+        mid_v = None
+        for n_fr, fr in enumerate(ramp + trac):
             t = time.perf_counter()
             hc = tr.update(fr.image, fr.geometry)
             scores.timings_ms.append(1000.0 * (time.perf_counter() - t))
             v = mon.update(hc)
+            tt = fr.truth.get("traction", {})
+            if mid_v is None and 0.3 < tt.get("per_disc_mm", 0.0) / max(tt.get("target_per_disc_mm", 1.0), 1e-6) < 0.6:
+                mid_v = v.verdict
+                scores.verdicts.append({"case": case, "verdict": v.verdict, "truth": "not_reached", "stage": "ramp"})
         k = mm_per_px(base[-1].geometry)
         truth_b, truth_c = base[-1].truth["discs"], trac[-1].truth["discs"]
         tb = _disc_truth_px(base[-1])
@@ -241,7 +246,7 @@ def evaluate_case(rec: CaseRecord, scores: Scores, patient=None) -> None:
                                    "err_post": (c.posterior_mm - h.posterior_mm) - dg})
         reached = trac[-1].truth.get("traction", {})
         truth_v = "reached" if abs(reached.get("per_disc_mm", 0) - reached.get("target_per_disc_mm", 0)) < 1e-6 else "not_reached"
-        scores.verdicts.append({"case": case, "verdict": v.verdict, "truth": truth_v})
+        scores.verdicts.append({"case": case, "verdict": v.verdict, "truth": truth_v, "stage": "hold"})
 
 
 def _fmt(v, f="{:.2f}") -> str:

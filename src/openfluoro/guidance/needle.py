@@ -47,6 +47,8 @@ MAX_WIDTH_RATIO = 0.25
 #: lies ~0.85 half-bevels behind the point) and the least foreshortening assumed in one view
 BEVEL_GAIN = 0.85
 MIN_FORESHORTENING = 0.2
+#: tracking: the search band reaches this far beyond the last segment's ends (px)
+ROI_MARGIN_PX = 48.0
 #: an end-on needle (a dark spot): Laplacian peak over the frame's 99.9th percentile, and at least
 BLOB_RATIO = 3.0
 BLOB_MIN_LAPLACIAN = 25.0
@@ -111,6 +113,7 @@ class _Line:
     asym: float = 0.0
     width: float = 0.0
     resid: float = 0.0
+    dark_end: tuple[bool, bool] = (False, False)     # an end followed into clipped-black background
 
 
 def _mask_for(image: np.ndarray) -> np.ndarray:
@@ -234,7 +237,7 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
     cs = F.blur_1d(c, 3.0)
     # noise of the smoothed contrast: from the pixel noise (the centre is a min of 3, biased)
     sig = noise_px * 0.9 / math.sqrt(3.0) + 0.2
-    base = float(np.median(cs))
+    base = float(np.median(cs)) if t_range is None else float(np.quantile(cs, 0.3))
     mad = float(np.median(np.abs(cs - base))) * 1.4826
     sig = max(sig, 0.5 * mad)
     above = cs - base
@@ -284,6 +287,31 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
     mid2 = 0.5 * (seg[:, 2] + seg[:, 6])
     fl = 0.5 * (left + right)
     line.width = float(np.mean(fl - mid2) / max(np.mean(fl - seg[:, 3:6].min(axis=1)), 1e-3))
+    # follow an end into clipped-black background while one flank still shows the needle
+    lnear, rnear = prof[:, 2], prof[:, 6]
+    half = (cmin <= 4.0) & valid & (((F.blur_1d(lf, 1.0) >= 15.0) & (lnear >= 6.0)) |
+                                   ((F.blur_1d(rf, 1.0) >= 15.0) & (rnear >= 6.0)))
+    dark_end = [False, False]
+    for end, sgn in ((0, -1), (1, +1)):
+        k = a if end == 0 else b
+        last = k
+        miss = 0
+        while 0 <= k + sgn < len(ts) and miss <= 6:
+            k += sgn
+            if half[k]:
+                last = k
+                miss = 0
+            elif cmin[k] <= 4.0 and valid[k]:
+                miss += 1
+            else:
+                break
+        if last != (a if end == 0 else b) and abs(last - (a if end == 0 else b)) >= 4:
+            dark_end[end] = True
+            if end == 0:
+                a = last
+            else:
+                b = last
+    line.dark_end = (dark_end[0], dark_end[1])
     line.ts, line.c, line.sat, line.noise = ts, above, sat, sig
     line.t0, line.t1 = float(ts[a]), float(ts[b])
     line.score, line.contrast, line.cnr, line.plateau = score, m, m / sig, plateau
@@ -295,6 +323,9 @@ def _end_position(line: _Line, end: int, bevel_px: float) -> float:
     outward by half the projected bevel."""
     ts, c = line.ts, line.c
     assert ts is not None and c is not None
+    if line.dark_end[1 if end > 0 else 0]:
+        # the end was followed into black background: the needle's black centre ends there
+        return (line.t1 if end > 0 else line.t0) + end * 0.5 * bevel_px
     step = float(ts[1] - ts[0])
     i_end = int(np.clip(int(round(((line.t1 if end > 0 else line.t0) - float(ts[0])) / step)), 0, len(ts) - 1))
     length = max(line.t1 - line.t0, 1.0)
@@ -483,6 +514,8 @@ def _candidates(img: np.ndarray, mask: np.ndarray, n_lines: int, roi_line: _Line
     mk = mask
     if roi_line is not None:
         lo, hi = _clip_to_image(roi_line.p0, roi_line.d, rows, cols)
+        if roi_line.t1 > roi_line.t0:
+            lo, hi = max(lo, roi_line.t0 - ROI_MARGIN_PX), min(hi, roi_line.t1 + ROI_MARGIN_PX)
         if hi <= lo:
             return []
         ends = np.array([roi_line.p0 + lo * roi_line.d, roi_line.p0 + hi * roi_line.d])
@@ -582,11 +615,12 @@ def _blob(sm: np.ndarray, lap: np.ndarray, mask: np.ndarray) -> _Line | None:
 
 
 def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None = None,
-                  needle_od_mm: float = DEFAULT_NEEDLE_OD_MM, roi: tuple[np.ndarray, np.ndarray] | None = None,
+                  needle_od_mm: float = DEFAULT_NEEDLE_OD_MM, roi: tuple | None = None,
                   min_length_mm: float = 4.0, n_candidates: int = 4,
                   foreshortening: float | None = None) -> NeedleDetection:
-    """Find the needle in one frame. ``roi`` = (point, direction) restricts the search to a
-    band around a predicted line (tracking)."""
+    """Find the needle in one frame. ``roi`` = (point, direction[, t0, t1]) restricts the
+    search to a band around a predicted line (tracking), and along it to ``ROI_MARGIN_PX``
+    beyond the segment [t0, t1] (measured from ``point`` along ``direction``)."""
     img = np.ascontiguousarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"detect_needle: expected a 2-D grey image, got shape {image.shape}")
@@ -595,8 +629,17 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
     px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
     min_len = min_length_mm * px_per_mm
     roi_line = None
+    t_range_of = None
     if roi is not None:
         roi_line = _Line(np.asarray(roi[0], float), np.asarray(roi[1], float) / np.linalg.norm(roi[1]))
+        if len(roi) >= 4:
+            roi_line.t0, roi_line.t1 = float(roi[2]), float(roi[3])
+            ends = [roi_line.p0 + roi_line.t0 * roi_line.d, roi_line.p0 + roi_line.t1 * roi_line.d]
+
+            def t_range_of(ln):
+                ts_ = sorted(float((e - ln.p0) @ ln.d) for e in ends)
+                return ts_[0] - ROI_MARGIN_PX, ts_[1] + ROI_MARGIN_PX
+        n_candidates = min(n_candidates, 2)
     blobs: list[_Line] = []
     cands = _candidates(img, mask, n_candidates, roi_line, blobs=blobs)
     best = None
@@ -605,6 +648,10 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
         lo, hi = _clip_to_image(ln.p0, ln.d, rows, cols)
         if hi - lo < min_len:
             continue
+        if t_range_of is not None:
+            lo, hi = max(lo, t_range_of(ln)[0]), min(hi, t_range_of(ln)[1])
+            if hi - lo < min_len:
+                continue
         ln = _refine(img, ln, lo, hi)
         seg = _segment(img, ln, noise, min_len)
         if seg is None:
@@ -663,6 +710,8 @@ class NeedleTracker:
     midline_dir: tuple[float, float] | None = None
     epipolar_line: tuple[float, float, float] | None = None
     advance_evidence_px: float = 4.0
+    use_roi: bool = True
+    full_search_every: int = 8
     _geometry: Geometry | None = None
     _tip: np.ndarray | None = None
     _tail: np.ndarray | None = None
@@ -699,7 +748,26 @@ class NeedleTracker:
             self.reset()
         self._geometry = geometry
         prior = self._prior()
-        det = detect_needle(image, geometry, prior, self.needle_od_mm)
+        det = NOT_FOUND
+        self._frames = getattr(self, "_frames", 0) + 1
+        if self.use_roi and self._tip is not None and self._tail is not None and self.last.found and \
+                self.last.confidence > 0.5 and self._frames % self.full_search_every != 0 and \
+                not self.last.tip_cue.startswith("end-on"):
+            d = self._tip - self._tail
+            L = float(np.hypot(*d))
+            if L > 12.0:
+                det = detect_needle(image, geometry, prior, self.needle_od_mm,
+                                    roi=(self._tail, d / L, 0.0, L))
+                # a tracked needle stays on its line and its ends move little between pulses
+                if det.found:
+                    dn = np.asarray(det.tip_px) - np.asarray(det.tail_px)
+                    same_dir = abs(float(dn @ d)) / max(float(np.hypot(*dn)) * L, 1e-9) > 0.98
+                    near = min(np.hypot(*(np.asarray(det.tip_px) - self._tip)),
+                               np.hypot(*(np.asarray(det.tail_px) - self._tip))) < self.gate_px
+                    if not (same_dir and near and det.found and abs(det.length_px - L) < 0.5 * L + 20.0):
+                        det = NOT_FOUND
+        if not det.found:
+            det = detect_needle(image, geometry, prior, self.needle_od_mm)
         if not det.found:
             self._misses += 1
             if self._misses > 3:
