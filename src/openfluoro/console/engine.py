@@ -680,6 +680,7 @@ class Console:
         self.stop_replay()
         rate = (loop.pulse_rate_pps or 7.5) * float(speed)
         self._replay_stop = stop = threading.Event()
+        stored = self.reference
 
         def play() -> None:
             n = len(run)
@@ -706,6 +707,9 @@ class Console:
                                    {"index": i + 1, "loop": loop_id, "n": i + 1, "of": n,
                                     "time_s": meta.get("time_s"), "exposure": meta.get("exposure"),
                                     "overlay": overlay, "traction": gt.get("traction")}, "reference")
+            with self._acq_lock:      # back to the stored image, as before the replay
+                if stored is not None and self.reference is not None and self.reference.kind == "replay":
+                    self._show(stored.image, stored.kind, stored.meta, "reference")
             with self._lock:
                 if self._replay_stop is stop:
                     self.replay_state = None

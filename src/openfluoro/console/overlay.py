@@ -10,7 +10,7 @@ Primitive kinds (all have ``"kind"`` and optional ``"color"``, CSS colour string
 ``line``     ``points`` [[c, r], ...], ``dash`` (bool), ``width`` (px)
 ``marker``   ``at`` [c, r], ``shape`` "cross" | "circle" | "diamond", ``size`` (px), ``label``
 ``text``     ``at`` [c, r], ``text``, ``align`` "left" | "right" | "center"
-``caliper``  ``a``, ``b`` (the two ends), ``text`` (shown beside the caliper)
+``caliper``  ``a``, ``b`` (the two ends), ``text`` (shown beside the caliper), ``side`` "left" | "right"
 ``banner``   ``text``, ``level`` "ok" | "warn" | "alert" (screen-fixed, top of the monitor)
 ``progress`` ``label``, ``value`` (0-1), ``text`` (screen-fixed, bottom of the monitor)
 
@@ -111,7 +111,8 @@ def ground_truth_overlay(geometry: Geometry, ground_truth: Mapping[str, Any],
             if abs(a[0] - b[0]) + abs(a[1] - b[1]) < 2:     # disc seen end-on: nothing to measure
                 continue
             if _visible(geometry, a) and _visible(geometry, b):
-                out.append({"kind": "caliper", "a": a, "b": b, "text": f"{d} {h:.1f} mm", "color": COLOR_CALIPER})
+                out.append({"kind": "caliper", "a": a, "b": b, "text": f"{d} {h:.1f} mm", "color": COLOR_CALIPER,
+                            "side": "right" if abs(float(u[0])) >= 0.5 else "left"})
     needle = ground_truth.get("needle")
     if needle is not None and "tip_px" in needle:
         tip = [round(float(v), 1) for v in needle["tip_px"]]
@@ -127,8 +128,16 @@ def ground_truth_overlay(geometry: Geometry, ground_truth: Mapping[str, Any],
             out.append({"kind": "marker", "at": target, "shape": "cross", "size": 9 * scale, "color": COLOR_TARGET,
                         "label": "target"})
             out.append({"kind": "line", "points": [tip, target], "dash": True, "color": COLOR_TARGET, "width": 1})
-            out.append({"kind": "text", "at": [tip[0] - 14 * scale, tip[1] - 12 * scale],
-                        "text": f"{dist:.1f} mm to target", "align": "right", "color": COLOR_TARGET})
+            # the distance label sits along the shaft, outside the body, when the shaft is seen
+            # side-on; to the left of the tip when the needle points along the beam
+            at, align = [tip[0] - 14 * scale, tip[1] - 12 * scale], "right"
+            if "hub_px" in needle:
+                v = np.asarray(needle["hub_px"], float) - np.asarray(tip, float)
+                if np.linalg.norm(v) > 30 * scale:
+                    q = np.asarray(tip, float) + v / np.linalg.norm(v) * 60 * scale
+                    at, align = [round(float(q[0]), 1), round(float(q[1] - 14 * scale), 1)], "center"
+            out.append({"kind": "text", "at": at, "text": f"{dist:.1f} mm to target", "align": align,
+                        "color": COLOR_TARGET})
         if needle.get("csf_return"):
             p = needle.get("opening_pressure_cmh2o")
             out.append({"kind": "banner", "level": "ok",
@@ -203,7 +212,10 @@ def burn_overlay(image: np.ndarray, primitives: Sequence[Primitive], rgb: bool =
             draw.line([tuple(a), tuple(b)], fill=col(p))
             for e in (a, b):
                 draw.line([tuple(e - n), tuple(e + n)], fill=col(p))
-            text((max(a[0], b[0]) + 10, (a[1] + b[1]) / 2), p.get("text", ""), col(p))
+            if p.get("side") == "left":
+                text((min(a[0], b[0]) - 10, (a[1] + b[1]) / 2), p.get("text", ""), col(p), "right")
+            else:
+                text((max(a[0], b[0]) + 10, (a[1] + b[1]) / 2), p.get("text", ""), col(p))
         elif k == "banner":
             fill = {"ok": "#3ddc84", "warn": "#ffd23f", "alert": "#ff4d4d"}.get(p.get("level", "ok"), "#ffffff")
             text((img.width / 2, 14), p["text"], col({"color": fill}), "center")

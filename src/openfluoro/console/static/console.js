@@ -137,7 +137,8 @@
           c.beginPath(); c.moveTo(ax, ay); c.lineTo(bx, by);
           c.moveTo(ax - nx, ay - ny); c.lineTo(ax + nx, ay + ny); c.moveTo(bx - nx, by - ny); c.lineTo(bx + nx, by + ny);
           c.stroke();
-          label(Math.max(ax, bx) + 12 * dpr, (ay + by) / 2, p.text || "", color);
+          if (p.side === "left") label(Math.min(ax, bx) - 12 * dpr, (ay + by) / 2, p.text || "", color, "right");
+          else label(Math.max(ax, bx) + 12 * dpr, (ay + by) / 2, p.text || "", color);
         } else if (p.kind === "banner") {
           const fill = { ok: "#3ddc84", warn: "#ffd23f", alert: "#ff4d4d" }[p.level || "ok"];
           c.font = `bold ${Math.round(15 * dpr)}px ui-monospace, "DejaVu Sans Mono", monospace`;
@@ -160,7 +161,13 @@
   const overlayOn = () => $("in-overlay").checked;
 
   const fmt = (v, d = 1) => (v === null || v === undefined || Number.isNaN(v) ? "—" : Number(v).toFixed(d));
-  const angleText = (p, s) => `${p >= 0 ? "LAO" : "RAO"} ${Math.abs(p).toFixed(0)}°  ${s >= 0 ? "CRA" : "CAU"} ${Math.abs(s).toFixed(0)}°`;
+  const VIEW_NAMES = { "0": "PA", "180": "AP", "-180": "AP", "90": "LAT L", "-90": "LAT R", "45": "LAO45",
+    "-45": "RAO45", "135": "LPO45", "-135": "RPO45" };
+  const angleText = (p, s) => {
+    const name = Number(s) === 0 ? VIEW_NAMES[String(Math.round(p))] : null;
+    const angles = `${p >= 0 ? "LAO" : "RAO"} ${Math.abs(p).toFixed(0)}°  ${s >= 0 ? "CRA" : "CAU"} ${Math.abs(s).toFixed(0)}°`;
+    return name && Math.round(p) === Number(p) ? `${name}  ·  ${angles}` : angles;
+  };
 
   function cornerText(prefix, meta) {
     const ex = meta.exposure || {};
@@ -206,7 +213,9 @@
       OF.displayed += 1;
       lastLive = performance.now();
       const drawn = performance.timeOrigin + performance.now();
-      OF.latency.push({ index, pulse: tPulse, ready: tReady, recv, drawn });
+      const entry = { index, pulse: tPulse, ready: tReady, recv, drawn, painted: null };
+      OF.latency.push(entry);
+      requestAnimationFrame(() => { entry.painted = performance.timeOrigin + performance.now(); });
       if (OF.latency.length > 5000) OF.latency.splice(0, 1000);
     }
     if (meta.traction) renderInterspace(meta.traction.disc_heights_mm);
