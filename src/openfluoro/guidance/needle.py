@@ -43,6 +43,8 @@ DEFAULT_NEEDLE_OD_MM = 0.718
 BEVEL_ANGLE_DEG = 20.0
 #: acceptance of a candidate line (from development frames; see module docstring)
 MAX_WIDTH_RATIO = 0.25
+#: mean |left flank - right flank| / contrast: a step edge (one side dark) is no needle
+MAX_ASYM = 1.0
 #: tip correction: fraction of the half-bevel (lateral development frames: the half-maximum
 #: lies ~0.85 half-bevels behind the point) and the least foreshortening assumed in one view
 BEVEL_GAIN = 0.85
@@ -662,7 +664,7 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
         seg2 = _refine(img, replace(seg), seg.t0, seg.t1, iterations=1)
         seg2 = _segment(img, seg2, noise, min_len) or seg
         # a needle is narrow (no darkness left 2 px off its centre line) and symmetric
-        if seg2.width > MAX_WIDTH_RATIO or seg2.cnr < MIN_CNR or seg2.contrast < MIN_CONTRAST:
+        if seg2.width > MAX_WIDTH_RATIO or seg2.cnr < MIN_CNR or seg2.contrast < MIN_CONTRAST or seg2.asym > MAX_ASYM:
             continue
         seg2.score = seg2.score / (1.0 + 2.0 * max(0.0, seg2.asym - 0.5))
         if best is None or seg2.score > best.score:

@@ -1,0 +1,115 @@
+"""Guidance speed: milliseconds per 512 x 512 frame, per task and per session mode.
+
+Usage:
+    python benchmarks/guidance.py [--frames 40] [--seed 5]
+
+Frames of a development phantom case (never an evaluation patient) are rendered once by a
+live ``Session`` (AP with a needle being advanced, lateral with the needle, lateral under
+traction) and the guidance is timed on them after a warm-up (JIT compilation excluded);
+medians over the frames, with the 95th percentile for the jitter of this shared machine.
+
+* ``needle track``     -- ``NeedleTracker.update`` in steady state (band search around the
+                          last needle; a full-frame search every 8th frame or on loss);
+* ``needle detect``    -- ``detect_needle`` on the whole frame (first frame, or lost);
+* ``levels``           -- ``detect_levels`` (vertebrae, endplates, names): once per C-arm pose;
+* ``interspace track`` -- ``InterspaceTracker.update`` in steady state (decompression);
+* ``LP frame``         -- everything a lumbar-puncture frame needs: ``PunctureGuide.update``
+                          (needle tracking, cached levels, window/midline/track checks);
+* ``traction frame``   -- interspace tracking + ``DecompressionMonitor.update``.
+
+Target (issue 5): all guidance for one 512 x 512 frame under 15 ms. The last line is
+machine-readable: ``lp_frame_ms=.. traction_frame_ms=.. needle_track_ms=.. levels_ms=..``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def _time(fn, frames, warm=2):
+    for f in frames[:warm]:
+        fn(f)
+    out = []
+    for f in frames:
+        t = time.perf_counter()
+        fn(f)
+        out.append(1000.0 * (time.perf_counter() - t))
+    return np.asarray(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=5)
+    args = ap.parse_args()
+
+    from openfluoro.fluoro.session import Session
+    from openfluoro.geometry.carm import Detector
+    from openfluoro.guidance.cases import _centre_on, case_patient, make_cases
+    from openfluoro.guidance.decompression import DecompressionMonitor
+    from openfluoro.guidance.interspace import InterspaceTracker
+    from openfluoro.guidance.levels import detect_levels
+    from openfluoro.guidance.needle import NeedleTracker, detect_needle
+    from openfluoro.guidance.puncture import PunctureGuide
+
+    spec = make_cases(3, args.seed, dev=True)[1]
+    patient = case_patient(spec.phantom)
+    lm = patient.landmarks
+    s = Session.for_patient(patient, detector=Detector.square(512, 300.0), seed=1)
+    s.set_pulse_rate(15.0)
+    _centre_on(s, lm["discs"][spec.level]["centre"])
+    t0 = time.time()
+    s.set_view("lateral")
+    n_tr = max(6, args.frames // 2)
+    base = s.run(3 / 15.0)
+    s.set_traction(distraction_mm=2.0, ramp_mm_per_s=2.0)
+    trac = s.run(n_tr / 15.0)
+    s.set_traction(force_n=0.0, ramp_mm_per_s=100.0)
+    s.run(1 / 15.0)
+    s.set_view("AP")
+    plan = lm["needle"][spec.level]
+    full = float(np.linalg.norm(np.subtract(plan["target"], plan["entry"])))
+    s.insert_needle(plan["entry"], plan["target"], depth_mm=10.0)
+    ap_frames = []
+    for _ in range(args.frames // 2):
+        s.advance_needle((0.8 * full - 10.0) / (args.frames // 2))
+        ap_frames += s.run(2 / 15.0)
+    s.set_view("lateral")
+    lat_frames = s.run(args.frames / 15.0)
+    s.pedal_up()
+    print(f"rendered {len(ap_frames) + len(lat_frames) + len(base) + len(trac)} frames in {time.time() - t0:.0f} s")
+
+    rows = []
+    for name, frames in (("AP", ap_frames), ("lateral", lat_frames)):
+        tr = NeedleTracker()
+        t = _time(lambda f: tr.update(f.image, f.geometry), frames)
+        rows.append((f"needle track ({name})", t))
+        rows.append((f"needle detect ({name})", _time(lambda f: detect_needle(f.image, f.geometry), frames[:10])))
+        rows.append((f"levels ({name})", _time(lambda f: detect_levels(f.image, f.geometry), frames[:6])))
+    it = InterspaceTracker()
+    it.update(base[-1].image, base[-1].geometry)
+    rows.append(("interspace track", _time(lambda f: it.update(f.image, f.geometry), trac, warm=0)))
+    guide = PunctureGuide(spec.level, patient)
+    guide.update(ap_frames[0].image, ap_frames[0].geometry)
+    guide.update(lat_frames[0].image, lat_frames[0].geometry)
+    lp = _time(lambda f: guide.update(f.image, f.geometry), ap_frames[1:] + lat_frames[1:], warm=0)
+    rows.append(("LP frame (all guidance)", lp))
+    it2 = InterspaceTracker()
+    mon = DecompressionMonitor(2.0)
+    mon.add_baseline(it2.update(base[-1].image, base[-1].geometry))
+    tf = _time(lambda f: mon.update(it2.update(f.image, f.geometry)), trac, warm=0)
+    rows.append(("traction frame (all guidance)", tf))
+    print(f"{'task':32s} {'median ms':>9s} {'p95 ms':>8s} {'n':>4s}")
+    for name, t in rows:
+        print(f"{name:32s} {np.median(t):9.1f} {np.percentile(t, 95):8.1f} {len(t):4d}")
+    track = np.concatenate([rows[0][1], rows[3][1]])
+    levels = np.concatenate([rows[2][1], rows[5][1]])
+    print(f"lp_frame_ms={np.median(lp):.1f} traction_frame_ms={np.median(tf):.1f} "
+          f"needle_track_ms={np.median(track):.1f} levels_ms={np.median(levels):.1f}")
+
+
+if __name__ == "__main__":
+    main()
