@@ -44,8 +44,21 @@ def console_patient(synthetic_spine):
                    "synthetic spine (test)")
 
 
+@pytest.fixture(scope="session")
+def compiled_kernels(console_patient):
+    """One frame acquired before any server starts: on a fresh clone this compiles (and
+    caches) every numba kernel of the frame path, which takes longer than a pedal lease."""
+    from openfluoro.fluoro.session import Session
+    from openfluoro.geometry.carm import Detector
+
+    session = Session.for_patient(console_patient, detector=Detector.square(64, 240.0))
+    session.pedal_down()
+    session.acquire()
+    session.pedal_up()
+
+
 @pytest.fixture(scope="module")
-def server(console_patient, tmp_path_factory):
+def server(console_patient, compiled_kernels, tmp_path_factory):
     """A console server on a free 127.0.0.1 port around the synthetic spine; yields RunningConsole."""
     from openfluoro.console.engine import Console
     from openfluoro.console.server import RunningConsole
