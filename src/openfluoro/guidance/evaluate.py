@@ -39,7 +39,7 @@ from openfluoro.guidance.cases import CaseRecord, FrameRecord, case_patient, mak
 from openfluoro.guidance.decompression import DecompressionMonitor
 from openfluoro.guidance.depth import SacModel, distance_to_sac, epipolar_line, needle_from_views
 from openfluoro.guidance.interspace import InterspaceTracker, measure_interspaces, px_per_mm_at_isocentre
-from openfluoro.guidance.levels import LevelResult, detect_levels
+from openfluoro.guidance.levels import LevelResult, detect_levels, transfer_names
 from openfluoro.guidance.needle import NeedleDetection, NeedleTracker
 
 MATCH_MM = 8.0
@@ -180,6 +180,9 @@ def evaluate_case(rec: CaseRecord, scores: Scores, patient=None) -> None:
     for res, fr in ((lv_ap, ap[-1] if ap else None), (lv_lat, lat[-1] if lat else None)):
         if res is not None and fr is not None:
             scores.level.append({"case": case, **score_levels(res, fr, target)})
+    if lv_ap is not None and lv_lat is not None:
+        two = transfer_names(lv_ap, ap[-1].geometry, lv_lat, lat[-1].geometry)
+        scores.level.append({"case": case, **score_levels(two, ap[-1], target), "view": "ap+lateral"})
     # needle: AP run, then lateral run (epipolar of the AP tip is no help for a long lateral
     # needle, so only the tracker and anatomy decide there)
     det_ap, g_ap = _needle_run(ap, scores, case, "ap", _midline(lv_ap) if lv_ap is not None else None)
@@ -274,7 +277,7 @@ def summarise(scores: Scores) -> tuple[str, dict[str, float]]:
         return float(np.mean(e)) if e else math.nan
 
     hdr = (f"{'dose':7s} {'frames':>6s} {'det(vis)':>8s} {'det(all)':>8s} {'tip med':>7s} {'tip p95':>7s} "
-           f"{'lvl AP':>6s} {'lvl LAT':>7s} {'disc ant':>8s} {'mid':>5s} {'post':>5s} {'trac Δ':>6s} "
+           f"{'lvl AP':>6s} {'lvl LAT':>7s} {'AP+LAT':>6s} {'disc ant':>8s} {'mid':>5s} {'post':>5s} {'trac Δ':>6s} "
            f"{'depth':>6s} {'sac':>5s}")
     lines.append(hdr)
     lines.append("-" * len(hdr))
@@ -289,10 +292,11 @@ def summarise(scores: Scores) -> tuple[str, dict[str, float]]:
         da, _ = det_rate(F, False)
         la, _ = lvl(L, "ap")
         ll, _ = lvl(L, "lateral")
+        l2, _ = lvl(L, "ap+lateral")
         dep = float(np.mean([r["err_mm"] for r in D])) if D else math.nan
         sac = [abs(r["sac_err_mm"]) for r in D if "sac_err_mm" in r]
         lines.append(f"{mode:7s} {len(F):6d} {_fmt(dv):>8s} {_fmt(da):>8s} {_fmt(med):>7s} {_fmt(p95):>7s} "
-                     f"{_fmt(la):>6s} {_fmt(ll):>7s} {_fmt(mae(H, ('err_ant',))):>8s} {_fmt(mae(H, ('err_mid',))):>5s} "
+                     f"{_fmt(la):>6s} {_fmt(ll):>7s} {_fmt(l2):>6s} {_fmt(mae(H, ('err_ant',))):>8s} {_fmt(mae(H, ('err_mid',))):>5s} "
                      f"{_fmt(mae(H, ('err_post',))):>5s} {_fmt(mae(C, ('err_mid',))):>6s} {_fmt(dep):>6s} "
                      f"{_fmt(float(np.mean(sac)) if sac else math.nan):>5s}")
     # per view tip errors
@@ -302,8 +306,8 @@ def summarise(scores: Scores) -> tuple[str, dict[str, float]]:
         dv, nv = det_rate(F, True)
         lines.append(f"  {view:8s} tip median {_fmt(med)} mm, p95 {_fmt(p95)} mm over {n} detections; "
                      f"detection {_fmt(dv)} of {nv} frames with a visible needle")
-    named = sum(r["named"] for r in scores.level)
-    named_ok = sum(r["named_ok"] for r in scores.level)
+    named = sum(r["named"] for r in scores.level if r["view"] != "ap+lateral")
+    named_ok = sum(r["named_ok"] for r in scores.level if r["view"] != "ap+lateral")
     lines.append(f"  named interspaces correct: {named_ok}/{named}")
     if scores.verdicts:
         ok = sum(v["verdict"] == v["truth"] for v in scores.verdicts)
@@ -315,7 +319,7 @@ def summarise(scores: Scores) -> tuple[str, dict[str, float]]:
     Fn = [f for f in scores.frames if f.dose == "normal"]
     med_n, p95_n, _ = tips(Fn)
     dv_all, _ = det_rate(scores.frames, True)
-    lv = [r["target_ok"] for r in scores.level if r["target_ok"] is not None]
+    lv = [r["target_ok"] for r in scores.level if r["target_ok"] is not None and r["view"] in ("ap", "lateral")]
     H = scores.heights
     summary = {"tip_median_mm": med_n, "tip_p95_mm": p95_n, "detection_rate": dv_all,
                "level_accuracy": float(np.mean(lv)) if lv else math.nan, "interspace_mae_mm": mae(H),

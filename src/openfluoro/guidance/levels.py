@@ -150,6 +150,8 @@ class LevelResult:
     confidence: float
     frame: ViewFrame | None = None
     notes: tuple[str, ...] = ()
+    #: AP views: the column's mid-line, one (col, row) image point per quarter-resolution row
+    axis_px: tuple[tuple[float, float], ...] = ()
 
     def disc(self, name: str) -> Disc | None:
         return next((d for d in self.discs if d.name == name), None)
@@ -772,8 +774,55 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
                           Endplate(tuple(map(float, pts[2])), tuple(map(float, pts[3]))), c.strength,
                           (float(mid_f[0]), float(mid_f[1])), (float(mid_b[0]), float(mid_b[1])), rd))
     if anchor == "model":
+        if vf.kind == "ap" and ax is not None:
+            discs = _ap_consistency(discs, vf, ax)
         discs = _with_predicted(discs, vf)
-    return LevelResult(vf.kind, tuple(discs), tuple(_vertebrae(discs)), anchor, conf, vf)
+    axis_px: tuple = ()
+    if ax is not None:
+        pts = vf.from_norm([(x * SCALE + (SCALE - 1) / 2.0, r * SCALE + (SCALE - 1) / 2.0) for r, x in enumerate(ax)])
+        axis_px = tuple((float(p[0]), float(p[1])) for p in pts)
+    return LevelResult(vf.kind, tuple(discs), tuple(_vertebrae(discs)), anchor, conf, vf, axis_px=axis_px)
+
+
+def _ap_consistency(discs: list[Disc], vf: ViewFrame, axis_small: np.ndarray, tol_mm: float = 7.0) -> list[Disc]:
+    """AP views: named interspaces are evenly stacked: one that departs by more than
+    ``tol_mm`` from its neighbours' interpolation (or, at an end, from the extrapolation of the
+    two before it) is taken for a false band and replaced by the prediction."""
+    from dataclasses import replace as _replace
+
+    from openfluoro.guidance.naming import CLASSES
+
+    P = vf.px_per_mm
+    out = list(discs)
+    named = {CLASSES.index(d.name): i for i, d in enumerate(out) if d.name in CLASSES}
+    if len(named) < 3:
+        return out
+    pos = {k: vf.to_norm([out[i].centre_px])[0] for k, i in named.items()}
+    ks = sorted(pos)
+    bad = []
+    for k in ks:
+        others = [j for j in ks if j != k]
+        lo = [j for j in others if j < k]
+        hi = [j for j in others if j > k]
+        if lo and hi:
+            a, b = max(lo), min(hi)
+            pred = pos[a] + (pos[b] - pos[a]) * (k - a) / (b - a)
+        elif len(lo) >= 2:
+            a, b = sorted(lo)[-2:]
+            pred = pos[b] + (pos[b] - pos[a]) * (k - b) / (b - a)
+        elif len(hi) >= 2:
+            a, b = sorted(hi)[:2]
+            pred = pos[a] - (pos[b] - pos[a]) * (a - k) / (b - a)
+        else:
+            continue
+        if abs(pos[k][1] - pred[1]) / P > tol_mm:
+            bad.append((k, pred))
+    if len(bad) * 2 >= len(ks):            # the pattern itself is doubtful: leave it
+        return out
+    for k, pred in bad:
+        c = vf.from_norm([pred])[0]
+        out[named[k]] = Disc(CLASSES[k], (float(c[0]), float(c[1])), None, None, 0.0, predicted=True)
+    return out
 
 
 def _with_predicted(discs: list[Disc], vf: ViewFrame, extend: int = 2) -> list[Disc]:
@@ -833,3 +882,67 @@ def _vertebrae(discs: list[Disc]) -> list[Vertebra]:
             c = 0.5 * (a + b)
             out.append(Vertebra(name, (float(c[0]), float(c[1])), by[up].lower, by[lo].upper))
     return out
+
+
+def transfer_names(ap: LevelResult, ap_geometry: Geometry, lateral: LevelResult, lateral_geometry: Geometry,
+                   match_mm: float = 6.0) -> LevelResult:
+    """Name the interspaces of an AP frame from a lateral of the same patient position.
+
+    Each named lateral interspace is a ray from the lateral source; it meets the spine's
+    mid-sagittal plane -- the plane through the AP source and the AP column line -- at the
+    interspace, which projects into the AP frame. An AP interspace within ``match_mm`` takes
+    the lateral's name; a lateral interspace with no AP partner is added to the AP as predicted.
+    (The C-arm moved between the frames, the patient did not: a table move breaks this.)"""
+    from openfluoro.guidance.depth import backproject_ray, image_line_plane
+
+    if ap.frame is None or lateral.frame is None or not lateral.discs:
+        return ap
+    seen = [d for d in ap.discs if d.refined is not None and not d.predicted]
+    if len(seen) >= 2:
+        pts = np.array([d.centre_px for d in seen])
+        A = np.stack([np.ones(len(pts)), pts[:, 1] - pts[:, 1].mean()], 1)
+        (x0, slope), *_ = np.linalg.lstsq(A, pts[:, 0], rcond=None)
+        if abs(slope) > 0.3:                   # implausible for a spine in an AP view
+            x0, slope = float(np.median(pts[:, 0])), 0.0
+        c = np.array([x0, pts[:, 1].mean()])
+        dirn = np.array([slope, 1.0]) / math.hypot(slope, 1.0)
+    elif len(seen) == 1:
+        c = np.asarray(seen[0].centre_px, float)
+        dirn = np.array([0.0, 1.0])
+    else:
+        return ap
+    n, off = image_line_plane(ap_geometry, c - 50.0 * dirn, c + 50.0 * dirn)
+    P = ap.frame.px_per_mm
+    used = set()
+    out: list[Disc] = []
+    for ld in lateral.discs:
+        if not ld.name:
+            continue
+        s, r = backproject_ray(lateral_geometry, ld.centre_px)
+        den = float(n @ r)
+        if abs(den) < 1e-6:
+            continue
+        X = s + (off - float(n @ s)) / den * r
+        p = ap_geometry.project(X)[0]
+        best = None
+        for i, d in enumerate(ap.discs):
+            if i in used:
+                continue
+            dist = float(np.hypot(*(np.asarray(d.centre_px) - p))) / P
+            if dist <= match_mm and (best is None or dist < best[0]):
+                best = (dist, i)
+        if not (0 <= p[0] < ap.frame.cols and 0 <= p[1] < ap.frame.rows):
+            continue
+        if best is not None:
+            # the lateral places the interspace; the AP band, if close, keeps its endplates
+            used.add(best[1])
+            d = ap.discs[best[1]]
+            out.append(Disc(ld.name, (float(p[0]), float(p[1])), d.upper, d.lower, d.strength, d.front_px, d.back_px,
+                            d.refined, d.predicted))
+        else:
+            out.append(Disc(ld.name, (float(p[0]), float(p[1])), None, None, 0.0, predicted=True))
+    from openfluoro.guidance.naming import CLASSES
+
+    out.sort(key=lambda d: CLASSES.index(d.name) if d.name in CLASSES else -1)
+    return LevelResult(ap.view, tuple(out), tuple(_vertebrae(out)), "lateral", lateral.confidence, ap.frame,
+                       ap.notes + ("names from the lateral",))

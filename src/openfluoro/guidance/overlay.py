@@ -80,5 +80,7 @@ def draw_overlay(image: np.ndarray, needle=None, levels=None, heights: Iterable 
     y = h - 4 * s
     for text, col in [(t, WARN_RGB) for t in reversed(list(warnings))] + [(t, TEXT_RGB) for t in reversed(list(messages))]:
         y -= 11 * s if s > 1 else 11
+        box = d.textbbox((4 * s, y), text)
+        d.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], fill=(0, 0, 0))
         d.text((4 * s, y), text, fill=col)
     return np.asarray(im)

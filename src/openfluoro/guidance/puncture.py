@@ -31,7 +31,7 @@ import numpy as np
 from openfluoro.geometry.carm import Geometry
 from openfluoro.guidance.depth import Needle3D, SacDistance, SacModel, distance_to_sac, epipolar_line, needle_from_views
 from openfluoro.guidance.interspace import px_per_mm_at_isocentre
-from openfluoro.guidance.levels import LevelResult, detect_levels
+from openfluoro.guidance.levels import LevelResult, detect_levels, transfer_names
 from openfluoro.guidance.needle import NOT_FOUND, NeedleDetection, NeedleTracker
 
 #: canal depth behind the posterior body line assumed to reach the laminae (mm)
@@ -128,6 +128,12 @@ class PunctureGuide:
         st = self._state(image, geometry)
         levels = st.levels
         view = levels.view if levels is not None else "ap"
+        if view == "ap" and levels is not None:
+            # names from a lateral of the same patient position, when there is one (more reliable)
+            lat = next((o for o in self._poses.values() if o.levels is not None and o.levels.view == "lateral"
+                        and o.geometry.pose.isocentre_lps_mm == geometry.pose.isocentre_lps_mm), None)
+            if lat is not None:
+                levels = transfer_names(levels, geometry, lat.levels, lat.geometry)
         # the other view's tip constrains which end of a foreshortened needle is the tip
         other = self._latest.get("lateral" if view == "ap" else "ap")
         st.tracker.epipolar_line = None
