@@ -505,8 +505,10 @@ def evaluate_volume(ct_path, labels_path=None, label_offset_k: int = 0, n_cases:
         if progress is not None:
             progress(f"{rec.description} [{time.time() - t0:.1f} s]")
     table, summary = summarise(scores)
-    note = ("CT interspaces below the last completely labelled vertebra ("
-            f"{lm['labelled'][-1]}) are found from the CT (+-4 mm); no disc heights or sac on this CT")
+    order = ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"]
+    lowest = max(lm["labelled"], key=order.index)
+    note = (f"CT interspaces below {lowest} (the lowest usable labelled vertebra) are placed from the CT "
+            f"(+-4 mm); no disc heights, traction or sac on this CT")
     return scores, table + "\n  " + note, summary
 
 
