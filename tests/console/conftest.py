@@ -89,13 +89,16 @@ def browser():
         pw.stop()
 
 
-def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05, message: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; fail naming ``message``."""
+def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05, message: str = "condition",
+             detail=None):
+    """Poll ``predicate`` until it returns something truthy; fail naming ``message`` (and
+    what ``detail()`` says about the state then)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {message}")
+            extra = f"; {detail()}" if detail is not None else ""
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {message}{extra}")
         time.sleep(interval_s)

@@ -152,11 +152,17 @@ def test_bad_ct_gets_a_message_and_the_session_keeps_running(server, browser, tm
         before = page.inner_text("#patient-name")
         page.fill("#in-path", str(bad))
         page.click("#btn-load-path")
+
+        def state() -> str:
+            events = page.evaluate("window.__of.events.map(e => e.level + ': ' + e.text)")
+            return f"toast {page.inner_text('#toast')!r} visible={page.locator('#toast').is_visible()}, events {events}"
+
         wait_for(lambda: page.locator("#toast").is_visible() and "broken.nii.gz" in page.inner_text("#toast"),
-                 message="an error message about the bad file on the page")
+                 message="an error message about the bad file on the page", detail=state)
         page.set_input_files("#in-upload", str(bad))
         page.click("#btn-upload")
-        wait_for(lambda: page.locator("#events li.error").count() >= 2, message="the upload's error in the events")
+        wait_for(lambda: page.locator("#events li.error").count() >= 2, message="the upload's error in the events",
+                 detail=state)
         missing = tmp_path / "nowhere.nii.gz"
         r = httpx.post(server.base + "/api/patient/load", json={"path": str(missing)},
                        headers={"Authorization": f"Bearer {server.token}"})
@@ -164,7 +170,8 @@ def test_bad_ct_gets_a_message_and_the_session_keeps_running(server, browser, tm
         assert page.inner_text("#patient-name") == before
         n0 = displayed(page)
         httpx.post(server.base + "/api/pedal", json={"down": True, "lease_s": 3}, params={"token": server.token})
-        wait_for(lambda: displayed(page) >= n0 + 3, timeout_s=20, message="frames after the failed loads")
+        wait_for(lambda: displayed(page) >= n0 + 3, timeout_s=20, message="frames after the failed loads",
+                 detail=state)
         assert page.errors == [], page.errors
     finally:
         httpx.post(server.base + "/api/pedal", json={"down": False}, params={"token": server.token})
@@ -180,4 +187,31 @@ def test_page_without_token_is_refused(server, browser):
         resp = page.goto(server.base + "/?token=wrong-token")
         assert resp.status == 401
     finally:
+        page.close()
+
+
+def test_load_ct_from_the_page_by_upload_and_by_path(server, browser, synthetic_spine, tmp_path):
+    """Runs last in this module: it replaces the patient."""
+    from openfluoro.scene.volume import save_nifti
+
+    ct = save_nifti(synthetic_spine.volume, tmp_path / "upload_ct.nii.gz")
+    page = open_page(browser, server)
+    try:
+        page.set_input_files("#in-upload", str(ct))
+        page.click("#btn-upload")
+        wait_for(lambda: page.inner_text("#patient-name").endswith("upload_ct.nii.gz")
+                 and page.inner_text("#patient-state") == "ready", timeout_s=60, message="the uploaded CT ready")
+        # an unlabelled CT: no needle plans, traction says why it is unavailable
+        assert "no labelled spine" in page.inner_text("#interspace")
+        copy = save_nifti(synthetic_spine.volume, tmp_path / "path_ct.nii.gz")
+        page.fill("#in-path", str(copy))
+        page.press("#in-path", "Enter")
+        wait_for(lambda: page.inner_text("#patient-name") == str(copy) and page.inner_text("#patient-state") == "ready",
+                 timeout_s=60, message="the CT loaded by path ready")
+        n0 = displayed(page)
+        httpx.post(server.base + "/api/pedal", json={"down": True, "lease_s": 3}, params={"token": server.token})
+        wait_for(lambda: displayed(page) >= n0 + 3, timeout_s=30, message="frames of the new CT")
+        assert page.errors == [], page.errors
+    finally:
+        httpx.post(server.base + "/api/pedal", json={"down": False}, params={"token": server.token})
         page.close()

@@ -13,7 +13,7 @@
   session keeps running; a file that cannot be read leaves the session as it was;
 * loops: record, replay to the reference monitor, export (DICOM RF + dose SR + cine via
   ``openfluoro.io``);
-* guidance overlays from a pluggable source (``overlay.ground_truth_overlay`` for now).
+* guidance overlays from a pluggable source (``overlay.ground_truth_source`` for now).
 
 Listeners are plain callables receiving ``("json", dict)`` or ``("frame", meta_dict, bytes)``
 from the engine's threads; the web server forwards them to its WebSocket clients.
@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from openfluoro.console.overlay import OverlayContext, OverlaySource, burn_overlay, ground_truth_overlay
+from openfluoro.console.overlay import OverlayContext, OverlaySource, burn_overlay, ground_truth_source
 from openfluoro.console.protocol import encode_frame
 from openfluoro.fluoro.frame import Frame, geometry_from_metadata
 from openfluoro.fluoro.session import Session, SessionError
@@ -46,6 +46,8 @@ PULSE_RATES = (30.0, 15.0, 7.5, 3.75, 1.0)
 DOSE_MODES = ("low", "normal", "high")
 VIEWS = tuple(STANDARD_VIEWS) + tuple(VIEW_ALIASES)
 STATUS_INTERVAL_S = 0.25
+#: a frame slower than this extends the pedal lease by its duration
+LEASE_STALL_S = 0.2
 SYNTHETIC_IDENTITY = {"PatientName": "SYNTHETIC^PATIENT", "PatientID": "OPENFLUORO-SIM"}
 
 Message = tuple  # ("json", dict) | ("frame", dict, bytes)
@@ -123,7 +125,7 @@ class Console:
     """A fluoroscope workstation around one live session at a time."""
 
     def __init__(self, *, detector: Detector | None = None, seed: int = 0, workdir: str | Path | None = None,
-                 overlay_source: OverlaySource = ground_truth_overlay, pedal_lease_s: float = 1.0,
+                 overlay_source: OverlaySource = ground_truth_source, pedal_lease_s: float = 1.0,
                  session_kwargs: dict[str, Any] | None = None) -> None:
         self.detector = detector
         self.seed = seed
@@ -137,7 +139,10 @@ class Console:
 
         self.session: Session | None = None
         self.patient: Patient | None = None
-        self.patient_state: dict[str, Any] = {"state": "empty", "description": None, "message": None}
+        #: state "empty" | "loading" | "ready" | "error"; description: the patient in use (None before
+        #: the first); loading: what is being loaded; message: progress or the last load's error
+        self.patient_state: dict[str, Any] = {"state": "empty", "description": None, "loading": None,
+                                              "message": None}
         self.context = OverlayContext()
         self.overlay_enabled = True
         self.live: Shown | None = None
@@ -150,6 +155,7 @@ class Console:
 
         self._listeners: list[Listener] = []
         self._lock = threading.RLock()             # console state
+        self._status_lock = threading.Lock()
         self._acq_lock = threading.RLock()         # acquisition, image chain and what the monitors show
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -192,8 +198,10 @@ class Console:
             self.event(text, level)
 
     def publish_status(self) -> None:
-        self._last_status = time.monotonic()
-        self._emit(("json", {"type": "status", **self.status()}))
+        # computed and handed on under one lock, so that no older status overtakes a newer one
+        with self._status_lock:
+            self._last_status = time.monotonic()
+            self._emit(("json", {"type": "status", **self.status()}))
 
     def close(self) -> None:
         self._stop.set()
@@ -211,22 +219,20 @@ class Console:
     def _build(self, make_patient: Callable[[], Patient], description: str) -> None:
         try:
             patient = make_patient()
-            self._set_patient_state("loading", patient.description or description,
-                                    "preparing the renderer (material volumes, spine)")
+            self._set_patient_state("loading", loading=patient.description or description,
+                                    message="preparing the renderer (material volumes, spine)")
             session = Session.for_patient(patient, detector=self.detector, seed=self.seed, **self.session_kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the running session as it was
-            with self._lock:
-                self._loading = False
-                keep = self.patient_state if self.session is not None else None
-            msg = f"cannot load {description}: {exc}"
-            if keep is not None:
-                self._set_patient_state("ready", keep["description"], None)
-            else:
-                self._set_patient_state("error", description, msg)
-            self.event(msg, "error")
-            self.publish_status()
+            self._load_failed(f"cannot load {description}: {exc}")
             return
         self._install(patient, session)
+
+    def _load_failed(self, message: str) -> None:
+        with self._lock:
+            self._loading = False
+        self._set_patient_state("ready" if self.session is not None else "error", loading=None, message=message)
+        self.event(message, "error")
+        self.publish_status()
 
     def _install(self, patient: Patient, session: Session) -> None:
         self.stop_replay()
@@ -244,23 +250,24 @@ class Console:
                 self.live = None
                 self.reference = None
                 self._loading = False
-        self._set_patient_state("ready", patient.description, None)
+        self._set_patient_state("ready", loading=None, message=None)
         levels = sorted(self.needle_levels())
         self.event(f"patient ready: {patient.description}"
                    + (f" (needle plans {', '.join(levels)})" if levels else "")
                    + ("" if session.spine is not None else "; no labelled spine: traction unavailable"))
         self.publish_status()
 
-    def _set_patient_state(self, state: str, description: str | None, message: str | None) -> None:
+    def _set_patient_state(self, state: str, loading: str | None, message: str | None) -> None:
         with self._lock:
-            self.patient_state = {"state": state, "description": description, "message": message}
+            current = None if self.patient is None else (self.patient.description or "patient")
+            self.patient_state = {"state": state, "description": current, "loading": loading, "message": message}
 
     def _start_loading(self, description: str) -> None:
         with self._lock:
             if self._loading:
                 raise ConsoleError("a patient is already being loaded; wait for it to finish")
             self._loading = True
-        self._set_patient_state("loading", description, "loading")
+        self._set_patient_state("loading", loading=description, message="reading")
         self.publish_status()
 
     def load_phantom(self, wait: bool = False) -> None:
@@ -289,13 +296,7 @@ class Console:
         try:
             patient = load_patient(path)
         except BaseException as exc:
-            with self._lock:
-                self._loading = False
-            self._set_patient_state("ready" if self.session is not None else "error",
-                                    self.patient.description if self.patient is not None else str(path),
-                                    None if self.session is not None else str(exc))
-            self.event(f"cannot load {path}: {exc}", "error")
-            self.publish_status()
+            self._load_failed(f"cannot load {path}: {exc}")
             raise
         self._run(lambda: self._build(lambda: patient, str(path)), wait)
         return patient.description
@@ -316,7 +317,7 @@ class Console:
         if s is None:
             state = self.patient_state
             if state["state"] == "loading":
-                raise ConsoleError(f"the patient is still being prepared ({state['description']}); try again shortly")
+                raise ConsoleError(f"the patient is still being prepared ({state['loading']}); try again shortly")
             raise ConsoleError("no patient loaded: load the phantom or a CT first")
         return s
 
@@ -346,7 +347,13 @@ class Console:
                 if self.session is not s or not s.pedal:
                     continue
                 try:
+                    t0 = time.monotonic()
                     frame = s.acquire()
+                    took = time.monotonic() - t0
+                    if took > LEASE_STALL_S and self._pedal_deadline is not None:
+                        # a slow frame (a new C-arm pose being cast, kernels compiling) can keep the
+                        # server from hearing the page's renewals: that time does not count
+                        self._pedal_deadline += took
                 except SessionError:
                     continue
                 except Exception as exc:  # noqa: BLE001 - stop the beam, say why, keep the console up
@@ -372,7 +379,7 @@ class Console:
         overlay = None
         if self.overlay_enabled and self.overlay_source is not None:
             try:
-                overlay = self.overlay_source(frame.geometry, gt, self.context)
+                overlay = self.overlay_source(frame.image, frame.geometry, gt, self.context)
             except Exception as exc:  # noqa: BLE001 - a broken overlay never stops the images
                 overlay = [{"kind": "banner", "level": "warn", "text": f"overlay error: {exc}"}]
         needle = gt.get("needle")
@@ -696,14 +703,15 @@ class Console:
                     k += 1
                     meta = run.metadata[i]
                     gt = meta.get("ground_truth", {})
+                    pixels = np.asarray(run.pixels[i])
                     overlay = None
                     if self.overlay_enabled and self.overlay_source is not None:
                         try:
-                            overlay = self.overlay_source(geometry_from_metadata(meta), gt, self.context)
+                            overlay = self.overlay_source(pixels, geometry_from_metadata(meta), gt, self.context)
                         except Exception:  # noqa: BLE001
                             overlay = None
                     with self._acq_lock:
-                        self._show(np.asarray(run.pixels[i]), "replay",
+                        self._show(pixels, "replay",
                                    {"index": i + 1, "loop": loop_id, "n": i + 1, "of": n,
                                     "time_s": meta.get("time_s"), "exposure": meta.get("exposure"),
                                     "overlay": overlay, "traction": gt.get("traction")}, "reference")
@@ -762,10 +770,11 @@ class Console:
             context, source, guided = self.context, self.overlay_source, self.overlay_enabled
 
             def overlay(image, meta, n, summary):
+                raw = np.asarray(image)
                 image = default_overlay(image, meta, n, summary)
                 if guided and source is not None:
-                    prims = [p for p in source(geometry_from_metadata(meta), meta.get("ground_truth", {}), context)
-                             if p.get("kind") not in ("banner", "progress")]
+                    prims = [p for p in source(raw, geometry_from_metadata(meta), meta.get("ground_truth", {}),
+                                               context) if p.get("kind") not in ("banner", "progress")]
                     from PIL import Image
 
                     image = Image.fromarray(burn_overlay(np.asarray(image), prims, rgb=False))

@@ -14,11 +14,15 @@ Primitive kinds (all have ``"kind"`` and optional ``"color"``, CSS colour string
 ``banner``   ``text``, ``level`` "ok" | "warn" | "alert" (screen-fixed, top of the monitor)
 ``progress`` ``label``, ``value`` (0-1), ``text`` (screen-fixed, bottom of the monitor)
 
-The overlay *source* is a function ``(frame, context) -> list[primitive]``. For now the
-console uses ``ground_truth_overlay``, fed by the frame's ground truth (needle tip and hub
-pixels, CSF return, disc heights) and the patient's landmarks; the guidance stage
-(``openfluoro.guidance``) will supply a source of the same shape fed by its detectors, and
-the console takes it through ``Console(overlay_source=...)`` without other changes.
+The overlay *source* is a callable ``(image, geometry, ground_truth, context) -> list of
+primitives``: the frame's uint8 pixels, its imaging geometry, its ground truth and an
+``OverlayContext``; it is called once per frame, in acquisition order, so a source may keep
+state (a needle tracker). For now the console uses ``ground_truth_source``, which ignores
+the pixels and draws from the ground truth (needle tip and hub pixels, CSF return, disc
+heights) and the patient's landmarks; a source built on the guidance stage's detectors
+(``openfluoro.guidance``) plugs in through ``Console(overlay_source=...)`` without other
+changes. The same source also draws replayed loops and exported cine loops (from the
+recorded pixels and metadata).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ class OverlayContext:
     baseline_disc_heights_mm: Mapping[str, float] = field(default_factory=dict)
 
 
-OverlaySource = Callable[[Geometry, Mapping[str, Any], OverlayContext], list[Primitive]]
+OverlaySource = Callable[[np.ndarray, Geometry, Mapping[str, Any], OverlayContext], list[Primitive]]
 
 
 def _px(geometry: Geometry, points_lps_mm: Any) -> list[list[float]]:
@@ -150,6 +154,12 @@ def ground_truth_overlay(geometry: Geometry, ground_truth: Mapping[str, Any],
         out.append({"kind": "progress", "label": "Decompression", "value": min(1.0, now / target),
                     "text": f"{now:.2f} / {target:.2f} mm per interspace at {traction.get('force_n', 0.0):.0f} N"})
     return out
+
+
+def ground_truth_source(image: np.ndarray, geometry: Geometry, ground_truth: Mapping[str, Any],
+                        ctx: OverlayContext) -> list[Primitive]:
+    """The console's default overlay source: ``ground_truth_overlay`` (the pixels are not used)."""
+    return ground_truth_overlay(geometry, ground_truth, ctx)
 
 
 # --------------------------------------------------------------------------- burning in

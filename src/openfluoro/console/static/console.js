@@ -286,13 +286,14 @@
   function render(st) {
     OF.status = st;
     const p = st.patient || {};
-    $("patient-name").textContent = p.description || "—";
+    $("patient-name").textContent = p.description || (p.loading ? "—" : "no patient");
     const pill = $("patient-state");
-    pill.textContent = p.state === "loading" ? `loading… ${p.message || ""}` : p.state || "";
+    pill.textContent = p.state === "loading" ? `loading ${p.loading}: ${p.message || ""}…` : p.state || "";
     pill.className = `pill ${p.state || ""}`;
     const msg = $("patient-msg");
-    msg.textContent = p.state === "error" ? p.message : p.state === "loading" ? `Preparing ${p.description}…` : "";
-    msg.className = `msg ${p.state === "error" ? "error" : ""}`;
+    const failed = p.state !== "loading" && p.message;
+    msg.textContent = p.state === "loading" ? `Preparing ${p.loading}…` : failed ? p.message : "";
+    msg.className = `msg ${failed ? "error" : ""}`;
     $("btn-replay-stop").disabled = !st.replay;
     renderLoops(st.loops || []);
     renderViews(st.views || []);
