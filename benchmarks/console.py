@@ -14,9 +14,11 @@ frame arrived, when it was drawn into the canvas and at the next animation frame
 
 Reported per pulse rate: frames acquired by the server and drawn by the page, delivered
 frames per second (drawn frames over the drawing span), and the delays (median and 95th
-percentile, ms): pulse -> drawn (acquisition, image chain, encoding, WebSocket, decoding,
-drawing), ready -> drawn (transport and drawing only), and pulse -> next animation frame
-(when the compositor can show it; the screen adds at most one refresh more). Server and
+percentile, ms, from the second second on): pulse -> drawn (acquisition, image chain,
+encoding, WebSocket, decoding, drawing), ready -> drawn (transport and drawing only), and
+pulse -> next animation frame (when the compositor can show it; the screen adds at most one
+refresh more); and the delay from pressing the pedal to the first frame drawn (the first
+frame after a pulse-rate change recomputes the exposure: about a second at 30 p/s). Server and
 browser share this machine's CPUs. Machine-readable last line:
   fps_15=.. fps_30=.. delay_ms_15=.. delay_ms_30=.. (medians, pulse -> drawn)
 
@@ -87,6 +89,7 @@ def measure(api: Client, pages: list, pps: float, seconds: float) -> dict:
     for p in pages:
         p.evaluate("window.__of.latency = []")
     published0 = api.status()["frames_published"]
+    t_press = time.time() * 1000.0
     api.post("/api/pedal", {"down": True})
     time.sleep(seconds)
     api.post("/api/pedal", {"down": False})
@@ -95,6 +98,7 @@ def measure(api: Client, pages: list, pps: float, seconds: float) -> dict:
     out = {"pps": pps, "acquired": published, "pages": []}
     for p in pages:
         rec = p.evaluate("window.__of.latency")
+        first_ms = rec[0]["drawn"] - t_press if rec else float("nan")
         rec = [r for r in rec if r["drawn"] - rec[0]["drawn"] > 1000.0]   # skip the first second (ramp-up)
         drawn = [r["drawn"] for r in rec]
         span_s = (drawn[-1] - drawn[0]) / 1000.0 if len(drawn) > 1 else float("nan")
@@ -109,6 +113,7 @@ def measure(api: Client, pages: list, pps: float, seconds: float) -> dict:
             "ready_to_drawn": (statistics.median(d_ready), _pct(d_ready, 95)),
             "pulse_to_paint": (statistics.median(d_paint), _pct(d_paint, 95)) if d_paint else (float("nan"),) * 2,
             "acquire_ms": statistics.median(compute),
+            "first_ms": first_ms,
         })
     return out
 
@@ -210,7 +215,8 @@ def main() -> None:
         for _ in range(args.pages):
             page = browser.new_context(viewport={"width": 1680, "height": 1000}).new_page()
             page.goto(server.url)
-            page.wait_for_function("window.__of && window.__of.connected && window.__of.status && window.__of.status.session")
+            page.wait_for_function("window.__of && window.__of.connected && window.__of.status "
+                                   "&& window.__of.status.session")
             pages.append(page)
         api.post("/api/view", {"name": "AP"})
         api.post("/api/needle/place", {"level": "L3-L4"})
@@ -219,13 +225,13 @@ def main() -> None:
         api.post("/api/pedal", {"down": False})
         results = [measure(api, pages, pps, args.seconds) for pps in (15.0, 30.0)]
         print(f"\n{'pps':>5} {'page':>4} {'acq':>5} {'drawn':>5} {'fps':>6}   {'pulse->drawn ms':>17}   "
-              f"{'ready->drawn ms':>17}   {'pulse->paint ms':>17}   {'acquire ms':>10}")
+              f"{'ready->drawn ms':>17}   {'pulse->paint ms':>17}   {'acquire ms':>10}   {'1st frame ms':>12}")
         for r in results:
             for i, pg in enumerate(r["pages"]):
                 f = lambda t: f"{t[0]:7.1f} (p95 {t[1]:5.1f})"  # noqa: E731
                 print(f"{r['pps']:5g} {i + 1:4d} {r['acquired']:5d} {pg['drawn']:5d} {pg['fps']:6.2f}   "
                       f"{f(pg['pulse_to_drawn'])}   {f(pg['ready_to_drawn'])}   {f(pg['pulse_to_paint'])}   "
-                      f"{pg['acquire_ms']:10.1f}")
+                      f"{pg['acquire_ms']:10.1f}   {pg['first_ms']:12.0f}")
         if args.screenshots is not None:
             for p in pages[1:]:
                 p.close()
