@@ -1,7 +1,12 @@
 """Interspace (disc height) measurement on lateral frames, in millimetres at the isocentre.
 
 The endplate lines come from ``levels`` (sub-pixel steepest steps between the cortical line
-and the disc, fitted robustly along the disc and moved out by the calibrated inset). The
+and the disc, fitted robustly along the disc and moved out by the calibrated inset) and,
+given the image, are re-located on the centroid of each edge's gradient (``centroid_lines``:
+the steepest step jumps between voxel terraces and between near and far rims of a slightly
+oblique endplate, which tilted the lines: the old fix, a 1.25 gain on the wedge, corrected
+the anterior height at the cost of the posterior one). Small per-position offsets
+(``POSITION_OFFSET_MM``) remove what remains of the mean error. The
 height at a position along the disc is the distance between the two lines there, measured
 across the disc, in image pixels; dividing by the pixels per millimetre of the isocentre
 plane -- ``SID / SOD / pitch`` from the frame's known geometry -- removes the magnification.
@@ -24,7 +29,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from openfluoro.geometry.carm import Geometry
-from openfluoro.guidance.levels import LevelResult, RefinedDisc, ViewFrame, detect_levels, remeasure_disc
+from openfluoro.guidance import _filters as F
+from openfluoro.guidance.levels import (ENDPLATE_INSET_MM, LevelResult, RefinedDisc, ViewFrame, detect_levels,
+                                        remeasure_disc)
 
 
 def magnification(geometry: Geometry, depth_offset_mm: float = 0.0) -> float:
@@ -43,9 +50,90 @@ def px_to_mm(distance_px: float, geometry: Geometry, depth_offset_mm: float = 0.
     return float(distance_px) / px_per_mm_at_isocentre(geometry, depth_offset_mm)
 
 
-#: correction of the measured wedge (anterior/posterior minus middle height): development
-#: laterals show 0.80 of the phantom's true wedge (regression through the origin, 170 discs)
-WEDGE_GAIN = 1.25
+#: per-position corrections (mm) of the heights between the centroid endplate lines, from
+#: development laterals (two phantom sets, 190 discs; the signed mean error of each position
+#: without them: anterior -0.5, middle -0.25, posterior 0.0 mm). The middle one is the rest of
+#: the edge inset (``levels.ENDPLATE_INSET_MM`` is calibrated for steepest-step edges); the
+#: anterior one is what the projection loses at the front of the disc (the lines, fitted over
+#: the whole disc, converge slightly toward the front)
+POSITION_OFFSET_MM = {"anterior": 0.5, "middle": 0.25, "posterior": 0.0}
+#: the same for the steepest-step lines of ``levels`` as they are (no image to re-locate them on)
+STEEPEST_OFFSET_MM = {"anterior": 0.5, "middle": 0.2, "posterior": -0.15}
+#: half width (mm) of the window around each endplate line in which the edge centroid is taken
+CENTROID_HALF_MM = 1.5
+#: the centroid lines are fitted from this far inside the body margins (rounded rims excluded)
+CENTROID_MARGIN_MM = 3.0
+
+
+def _robust_line(u: np.ndarray, v: np.ndarray, w: np.ndarray, scale: float) -> tuple[float, float]:
+    """IRLS (Tukey) fit v = v0 + slope u (a copy of ``levels._robust_line``)."""
+    ww = w.astype(float).copy()
+    v0, sl = float(np.median(v)), 0.0
+    for _ in range(5):
+        sw = ww.sum()
+        if sw <= 0:
+            break
+        mu, mv = (ww * u).sum() / sw, (ww * v).sum() / sw
+        du = u - mu
+        suu = (ww * du * du).sum()
+        sl = float((ww * du * (v - mv)).sum() / suu) if suu > 0 else 0.0
+        v0 = float(mv - sl * mu)
+        r = v - (v0 + sl * u)
+        c = 4.0 * max(scale, 1.4826 * float(np.median(np.abs(r))))
+        t = np.clip(r / c, -1.0, 1.0)
+        ww = w * (1 - t ** 2) ** 2
+    return v0, sl
+
+
+def centroid_lines(norm: np.ndarray, px_per_mm: float, rd: RefinedDisc) -> RefinedDisc:
+    """The endplate lines of ``rd`` re-located on the centroid of each edge's gradient.
+
+    The steepest step of an endplate edge jumps between the terraces of a voxelised (or
+    pixelated) oblique endplate and between the near and far rim when the ray is not parallel
+    to the endplate, which tilts the fitted lines; the gradient centroid (first moment of the
+    dark-to-bright step across the line, within +-``CENTROID_HALF_MM``) moves smoothly with the
+    partial volumes. Per position along the disc (0.5 mm apart, averaged over +-1 mm), a
+    centroid; the lines are fitted robustly through them, weighted by the step's strength.
+    ``norm``: the frame in normalised orientation (``ViewFrame.norm_image``)."""
+    P = px_per_mm
+    inset = ENDPLATE_INSET_MM * P
+    us = np.arange(rd.u_front + CENTROID_MARGIN_MM * P, rd.u_back - CENTROID_MARGIN_MM * P + 0.01, 0.5 * P)
+    if len(us) < 12:
+        return rd
+    dv = np.arange(-CENTROID_HALF_MM * P, CENTROID_HALF_MM * P + 0.01, 0.25)
+    out = []
+    for sgn, (v0, sl) in ((1.0, (rd.upper[0] + inset, rd.upper[1])), (-1.0, (rd.lower[0] - inset, rd.lower[1]))):
+        vmid = v0 + sl * us
+        vv = vmid[:, None] + dv[None, :]
+        xs = rd.c[0] + us[:, None] * rd.a[0] + vv * rd.n[0]
+        ys = rd.c[1] + us[:, None] * rd.a[1] + vv * rd.n[1]
+        prof = F.bilinear(norm, xs.ravel().astype(np.float64), ys.ravel().astype(np.float64)).reshape(xs.shape)
+        bad = np.isnan(prof).any(axis=1)
+        if bad.all():
+            return rd
+        prof = np.where(np.isnan(prof), np.nanmean(prof), prof).astype(np.float64)
+        k = 2                                                     # +-1 mm along the disc
+        cs = np.cumsum(np.pad(prof, ((k, k), (0, 0)), mode="edge"), axis=0)
+        prof = ((cs[2 * k:] - cs[:-2 * k]) / (2 * k))[: len(us)]
+        dp = np.zeros_like(prof)
+        dp[:, 1:-1] = 0.5 * (prof[:, 2:] - prof[:, :-2])
+        # the upper edge brightens into the disc (+v), the lower one darkens out of it
+        w = np.clip(sgn * dp, 0.0, None)
+        w = np.clip(w - 0.15 * w.max(axis=1, keepdims=True), 0.0, None)
+        s = w.sum(axis=1)
+        ok = (s > 0) & ~bad
+        if ok.sum() < 10:
+            return rd
+        cen = (w * dv[None, :]).sum(axis=1) / np.where(s > 0, s, 1.0)
+        out.append(_robust_line(us[ok], (vmid + cen)[ok], s[ok], 0.6))
+    (u0, us_), (l0, ls_) = out
+    # a centroid line far from the steepest-step one is a failure (another edge in the window)
+    um = 0.5 * (rd.u_front + rd.u_back)
+    if abs((u0 - inset + us_ * um) - (rd.upper[0] + rd.upper[1] * um)) > 1.2 * P or \
+            abs((l0 + inset + ls_ * um) - (rd.lower[0] + rd.lower[1] * um)) > 1.2 * P:
+        return rd
+    return RefinedDisc(rd.c, rd.a, rd.n, (u0 - inset, us_), (l0 + inset, ls_), rd.u_front, rd.u_back, rd.strength,
+                       rd.residual_px)
 
 
 @dataclass(frozen=True)
@@ -67,8 +155,10 @@ class InterspaceHeight:
                 "calipers_px": {k: [list(a), list(b)] for k, (a, b) in self.calipers_px.items()}}
 
 
-def heights_of(rd: RefinedDisc, frame: ViewFrame, name: str | None, px_per_mm: float) -> InterspaceHeight:
-    """Heights of a refined disc (normalised coordinates) in mm, calipers in image pixels."""
+def heights_of(rd: RefinedDisc, frame: ViewFrame, name: str | None, px_per_mm: float,
+               offsets: Mapping[str, float] = POSITION_OFFSET_MM) -> InterspaceHeight:
+    """Heights of a refined disc (normalised coordinates) in mm, calipers in image pixels;
+    ``offsets``: the per-position corrections that go with how the lines were found."""
     P = px_per_mm
     positions = {"anterior": rd.u_front + 1.0 * P, "middle": 0.5 * (rd.u_front + rd.u_back),
                  "posterior": rd.u_back - 1.0 * P}
@@ -88,17 +178,19 @@ def heights_of(rd: RefinedDisc, frame: ViewFrame, name: str | None, px_per_mm: f
         a, b = frame.from_norm([top, bottom])
         calipers[key] = ((float(a[0]), float(a[1])), (float(b[0]), float(b[1])))
     c = frame.from_norm([rd.centre])[0]
-    # the fitted endplates show ~80 % of the true wedge (development laterals): scale the
-    # anterior and posterior heights' departure from the middle height accordingly
-    for key in ("anterior", "posterior"):
-        out[key] = out["middle"] + WEDGE_GAIN * (out[key] - out["middle"])
+    for key in out:
+        out[key] += offsets[key]
     return InterspaceHeight(name, out["anterior"], out["middle"], out["posterior"], (float(c[0]), float(c[1])),
                             calipers, float(1.0 / (1.0 + rd.residual_px)))
 
 
 def measure_interspaces(image: np.ndarray | None, geometry: Geometry, levels: LevelResult | None = None
                         ) -> list[InterspaceHeight]:
-    """Heights of every refined interspace of a frame (detecting the levels if not given)."""
+    """Heights of every refined interspace of a frame (detecting the levels if not given).
+
+    With the image, the endplate lines are re-located on their edge centroids
+    (``centroid_lines``); without it (only a LevelResult), the steepest-step lines are used with
+    their own, less accurate, calibration."""
     if levels is None:
         if image is None:
             raise ValueError("measure_interspaces: give the frame image or its LevelResult")
@@ -106,7 +198,12 @@ def measure_interspaces(image: np.ndarray | None, geometry: Geometry, levels: Le
     if levels.frame is None:
         return []
     P = px_per_mm_at_isocentre(geometry)
-    return [heights_of(d.refined, levels.frame, d.name, P) for d in levels.discs if d.refined is not None]
+    if image is None:
+        return [heights_of(d.refined, levels.frame, d.name, P, STEEPEST_OFFSET_MM)
+                for d in levels.discs if d.refined is not None]
+    norm = levels.frame.norm_image(np.asarray(image)).astype(np.float32)
+    return [heights_of(centroid_lines(norm, P, d.refined), levels.frame, d.name, P)
+            for d in levels.discs if d.refined is not None]
 
 
 @dataclass(frozen=True)
@@ -139,21 +236,38 @@ def change_from_baseline(baseline: Sequence[InterspaceHeight], current: Sequence
     return {h.name: HeightChange(h.name, base[h.name], h) for h in current if h.name in base}
 
 
+#: frame-to-frame limit of a re-measured disc at one pose: traction opens a disc but does not
+#: turn its endplates; a slope change beyond this (3.4 deg) is a jump to another edge
+TRACK_MAX_SLOPE_CHANGE = 0.06
+
+
+def _plausible(prev: RefinedDisc, new: RefinedDisc) -> bool:
+    return abs(new.upper[1] - prev.upper[1]) <= TRACK_MAX_SLOPE_CHANGE and \
+        abs(new.lower[1] - prev.lower[1]) <= TRACK_MAX_SLOPE_CHANGE
+
+
 class InterspaceTracker:
     """Interspace heights frame after frame at one C-arm pose: full detection on the first
-    frame (or after a pose change), then a fast re-measurement of the known discs."""
+    frame (or after a pose change), then a fast re-measurement of the known discs.
+
+    A re-measurement that fails or jumps implausibly (``_plausible``: an endplate line turning
+    by more than traction can turn it) keeps the disc's last good lines;
+    after two such frames in a row a fresh detection is tried, and a disc of the same name
+    found there near the held one replaces it."""
 
     def __init__(self, redetect_every: int = 0) -> None:
         self.redetect_every = redetect_every
         self.levels: LevelResult | None = None
         self._geometry: Geometry | None = None
         self._discs: list[tuple[str | None, RefinedDisc]] = []
+        self._misses: list[int] = []
         self._count = 0
 
     def reset(self) -> None:
         self.levels = None
         self._geometry = None
         self._discs = []
+        self._misses = []
         self._count = 0
 
     def update(self, image: np.ndarray, geometry: Geometry, levels: LevelResult | None = None) -> list[InterspaceHeight]:
@@ -164,25 +278,30 @@ class InterspaceTracker:
             self.levels = levels if levels is not None else detect_levels(image, geometry)
             self._geometry = geometry
             self._discs = [(d.name, d.refined) for d in self.levels.discs if d.refined is not None]
+            self._misses = [0] * len(self._discs)
             return measure_interspaces(image, geometry, self.levels)
         assert self.levels is not None and self.levels.frame is not None
         vf = self.levels.frame
         norm = vf.norm_image(np.asarray(image)).astype(np.float32)
         P = px_per_mm_at_isocentre(geometry)
         new_discs = []
-        for name, rd in self._discs:
+        for i, (name, rd) in enumerate(self._discs):
             new = remeasure_disc(norm, P, rd, vf.kind)
-            if new is None:
-                break
-            new_discs.append((name, new))
-        if len(new_discs) < len(self._discs):
-            # lost one (large motion, occlusion): detect afresh and keep the known names
+            if new is not None and _plausible(rd, new):
+                new_discs.append((name, new))
+                self._misses[i] = 0
+            else:
+                new_discs.append((name, rd))          # hold the last good lines
+                self._misses[i] += 1
+        if any(m >= 2 for m in self._misses):
+            # lost for two frames (large motion, occlusion): a fresh detection, matched by name
             fresh = detect_levels(image, geometry)
-            named = {d.name: d for d in fresh.discs if d.refined is not None and d.name}
-            if all(nm in named for nm, _ in self._discs if nm):
-                self.levels = fresh
-                self._discs = [(d.name, d.refined) for d in fresh.discs if d.refined is not None]
-                return measure_interspaces(image, geometry, fresh)
-            return [heights_of(rd, vf, name, P) for name, rd in self._discs]
+            named = {d.name: d.refined for d in fresh.discs if d.refined is not None and d.name}
+            for i, (name, rd) in enumerate(new_discs):
+                cand = named.get(name) if name else None
+                if self._misses[i] >= 2 and cand is not None and \
+                        float(np.hypot(*(cand.centre - rd.centre))) < 6.0 * P:
+                    new_discs[i] = (name, cand)
+                    self._misses[i] = 0
         self._discs = new_discs
-        return [heights_of(rd, vf, name, P) for name, rd in new_discs]
+        return [heights_of(centroid_lines(norm, P, rd), vf, name, P) for name, rd in new_discs]

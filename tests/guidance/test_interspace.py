@@ -1,0 +1,62 @@
+"""Interspace heights: centroid endplate lines, per-position offsets, tracker jump guard."""
+
+import numpy as np
+import pytest
+
+from openfluoro.guidance.interspace import (POSITION_OFFSET_MM, InterspaceHeight, _plausible, centroid_lines,
+                                            heights_of)
+from openfluoro.guidance.levels import ENDPLATE_INSET_MM, RefinedDisc, ViewFrame
+
+P = 2.0   # px per mm
+
+
+def _disc_image(up=(-10.0, 0.05), lo=(10.0, -0.03), size=200):
+    """Bright disc between two dark bodies; the edges v = v0 + slope u about the image centre
+    (u along +x, v along +y), anti-aliased by 8x supersampling across."""
+    c = (size - 1) / 2.0
+    u = np.arange(size)[None, :] - c
+    img = np.zeros((size, size))
+    for k in range(8):
+        v = np.arange(size)[:, None] - c + (k + 0.5) / 8 - 0.5
+        inside = (v > up[0] + up[1] * u) & (v < lo[0] + lo[1] * u)
+        img += np.where(inside, 200.0, 60.0)
+    return (img / 8).astype(np.float32), np.array([c, c])
+
+
+def _rd(c, up, lo, shift=0.0):
+    inset = ENDPLATE_INSET_MM * P
+    return RefinedDisc(c, np.array([1.0, 0.0]), np.array([0.0, 1.0]), (up[0] - inset + shift, up[1] + 0.02),
+                       (lo[0] + inset - shift, lo[1] - 0.02), -30.0 * P, 30.0 * P, 1.0, 0.1)
+
+
+def test_centroid_lines_recover_the_endplates():
+    up, lo = (-10.0, 0.05), (10.0, -0.03)
+    img, c = _disc_image(up, lo)
+    rd = centroid_lines(img, P, _rd(c, up, lo, shift=0.6))         # start 0.6 px off and 0.02 turned
+    inset = ENDPLATE_INSET_MM * P
+    assert rd.upper[0] + inset == pytest.approx(up[0], abs=0.15)
+    assert rd.lower[0] - inset == pytest.approx(lo[0], abs=0.15)
+    assert rd.upper[1] == pytest.approx(up[1], abs=0.005)
+    assert rd.lower[1] == pytest.approx(lo[1], abs=0.005)
+
+
+def test_heights_in_mm_with_offsets():
+    up, lo = (-10.0, 0.0), (10.0, 0.0)
+    img, c = _disc_image(up, lo)
+    rd = _rd(c, up, lo)
+    rd = RefinedDisc(rd.c, rd.a, rd.n, (-10.0, 0.0), (10.0, 0.0), rd.u_front, rd.u_back, 1.0, 0.1)
+    vf = ViewFrame("lateral", False, False, P, 200, 200)
+    h = heights_of(rd, vf, "L3-L4", P)
+    assert isinstance(h, InterspaceHeight)
+    assert h.middle_mm == pytest.approx(20.0 / P + POSITION_OFFSET_MM["middle"], abs=1e-6)
+    assert h.anterior_mm == pytest.approx(20.0 / P + POSITION_OFFSET_MM["anterior"], abs=1e-6)
+    assert h.posterior_mm == pytest.approx(20.0 / P + POSITION_OFFSET_MM["posterior"], abs=1e-6)
+
+
+def test_tracker_guard_rejects_a_turned_endplate():
+    c = np.array([100.0, 100.0])
+    prev = _rd(c, (-10.0, 0.05), (10.0, -0.05))
+    opened = _rd(c, (-12.0, 0.05), (12.0, -0.05))
+    flipped = _rd(c, (-10.0, -0.04), (10.0, 0.04))
+    assert _plausible(prev, opened)
+    assert not _plausible(prev, flipped)
