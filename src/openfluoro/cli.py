@@ -296,6 +296,9 @@ def console_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 opens it to the network)"),
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="TCP port (0: any free port)"),
     token: Optional[str] = typer.Option(None, "--token", help="access token (default: a new random one, printed)"),
+    overlay: str = typer.Option("detected", "--overlay",
+                                help="guidance overlay: 'detected' (the guidance detectors on the frames) or "
+                                     "'truth' (the simulator's ground truth, for teaching)"),
 ) -> None:
     """The live console: a fluoroscopy workstation in the browser (prints its URL with the access token)."""
     from openfluoro.console.server import serve
@@ -303,8 +306,10 @@ def console_cmd(
 
     if token is not None and len(token) < 8:
         _fail("--token: use at least 8 characters")
+    if overlay not in ("detected", "truth"):
+        _fail(f"--overlay: use 'detected' or 'truth', got {overlay!r}")
     try:
-        serve(volume=volume, host=host, port=port, token=token,
+        serve(volume=volume, host=host, port=port, token=token, overlay_source=overlay,
               echo=lambda m: typer.echo(m, err=m.startswith("warning")))
     except VolumeError as exc:
         _fail(str(exc))

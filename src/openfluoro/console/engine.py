@@ -13,7 +13,8 @@
   session keeps running; a file that cannot be read leaves the session as it was;
 * loops: record, replay to the reference monitor, export (DICOM RF + dose SR + cine via
   ``openfluoro.io``);
-* guidance overlays from a pluggable source (``overlay.ground_truth_source`` for now).
+* guidance overlays from a pluggable source: the guidance detectors on the pixels
+  (``detected.DetectedOverlay``, default) or the ground truth (``overlay.ground_truth_source``).
 
 Listeners are plain callables receiving ``("json", dict)`` or ``("frame", meta_dict, bytes)``
 from the engine's threads; the web server forwards them to its WebSocket clients.
@@ -35,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from openfluoro.console.detected import DetectedOverlay
 from openfluoro.console.overlay import OverlayContext, OverlaySource, burn_overlay, ground_truth_source
 from openfluoro.console.protocol import encode_frame
 from openfluoro.fluoro.frame import Frame, geometry_from_metadata
@@ -48,10 +50,20 @@ VIEWS = tuple(STANDARD_VIEWS) + tuple(VIEW_ALIASES)
 STATUS_INTERVAL_S = 0.25
 #: a frame slower than this extends the pedal lease by its duration
 LEASE_STALL_S = 0.2
+#: named overlay sources: what the guidance detectors find in the pixels (default), or the
+#: simulator's ground truth (teaching)
+OVERLAY_SOURCES: dict[str, Callable[[], OverlaySource]] = {"detected": DetectedOverlay,
+                                                           "truth": lambda: ground_truth_source}
 SYNTHETIC_IDENTITY = {"PatientName": "SYNTHETIC^PATIENT", "PatientID": "OPENFLUORO-SIM"}
 
 Message = tuple  # ("json", dict) | ("frame", dict, bytes)
 Listener = Callable[[Message], None]
+
+
+def _fresh(source: OverlaySource | None) -> OverlaySource | None:
+    """A stateless copy of an overlay source for another stream of frames (or the source itself)."""
+    fresh = getattr(source, "fresh", None)
+    return fresh() if callable(fresh) else source
 
 
 class ConsoleError(RuntimeError):
@@ -125,7 +137,7 @@ class Console:
     """A fluoroscope workstation around one live session at a time."""
 
     def __init__(self, *, detector: Detector | None = None, seed: int = 0, workdir: str | Path | None = None,
-                 overlay_source: OverlaySource = ground_truth_source, pedal_lease_s: float = 1.0,
+                 overlay_source: OverlaySource | str = "detected", pedal_lease_s: float = 1.0,
                  session_kwargs: dict[str, Any] | None = None) -> None:
         self.detector = detector
         self.seed = seed
@@ -134,7 +146,15 @@ class Console:
             workdir = tempfile.mkdtemp(prefix="openfluoro-console-")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.overlay_source = overlay_source
+        if isinstance(overlay_source, str):
+            if overlay_source not in OVERLAY_SOURCES:
+                raise ValueError(f"overlay source must be one of {', '.join(OVERLAY_SOURCES)} or a callable, "
+                                 f"got {overlay_source!r}")
+            self.overlay_name = overlay_source
+            overlay_source = OVERLAY_SOURCES[overlay_source]()
+        else:
+            self.overlay_name = getattr(overlay_source, "__name__", type(overlay_source).__name__)
+        self.overlay_source: OverlaySource | None = overlay_source
         self.default_pedal_lease_s = pedal_lease_s
 
         self.session: Session | None = None
@@ -246,7 +266,8 @@ class Console:
                 self.session, self.patient = session, patient
                 self._pedal_deadline = None
                 self._events_seen = 0
-                self.context = OverlayContext(spine=session.spine)
+                self.context = OverlayContext(spine=session.spine, patient=patient)
+                self.overlay_source = _fresh(self.overlay_source)     # no tracker state from the last patient
                 self.live = None
                 self.reference = None
                 self._loading = False
@@ -689,6 +710,8 @@ class Console:
         self._replay_stop = stop = threading.Event()
         stored = self.reference
 
+        source = _fresh(self.overlay_source)        # its own trackers: the live ones stay as they are
+
         def play() -> None:
             n = len(run)
             t0 = time.perf_counter()
@@ -705,9 +728,9 @@ class Console:
                     gt = meta.get("ground_truth", {})
                     pixels = np.asarray(run.pixels[i])
                     overlay = None
-                    if self.overlay_enabled and self.overlay_source is not None:
+                    if self.overlay_enabled and source is not None:
                         try:
-                            overlay = self.overlay_source(pixels, geometry_from_metadata(meta), gt, self.context)
+                            overlay = source(pixels, geometry_from_metadata(meta), gt, self.context)
                         except Exception:  # noqa: BLE001
                             overlay = None
                     with self._acq_lock:
@@ -767,7 +790,7 @@ class Console:
         if rdsr:
             written.append(export_rdsr(loaded, out / "dicom", context=ctx, images=images))
         if formats:
-            context, source, guided = self.context, self.overlay_source, self.overlay_enabled
+            context, source, guided = self.context, _fresh(self.overlay_source), self.overlay_enabled
 
             def overlay(image, meta, n, summary):
                 raw = np.asarray(image)
@@ -808,6 +831,7 @@ class Console:
                                   "skin_to_target_mm": v.get("skin_to_target_mm")}
                               for k, v in sorted(self.needle_levels().items())},
             "overlay": self.overlay_enabled,
+            "overlay_source": self.overlay_name,
             "loops": [lp.to_dict() for lp in self.loops.values()],
             "replay": self.replay_state,
             "reference": None if self.reference is None else {"kind": self.reference.kind,

@@ -17,12 +17,13 @@ Primitive kinds (all have ``"kind"`` and optional ``"color"``, CSS colour string
 The overlay *source* is a callable ``(image, geometry, ground_truth, context) -> list of
 primitives``: the frame's uint8 pixels, its imaging geometry, its ground truth and an
 ``OverlayContext``; it is called once per frame, in acquisition order, so a source may keep
-state (a needle tracker). For now the console uses ``ground_truth_source``, which ignores
-the pixels and draws from the ground truth (needle tip and hub pixels, CSF return, disc
-heights) and the patient's landmarks; a source built on the guidance stage's detectors
-(``openfluoro.guidance``) plugs in through ``Console(overlay_source=...)`` without other
-changes. The same source also draws replayed loops and exported cine loops (from the
-recorded pixels and metadata).
+state (a needle tracker); a source with a ``fresh()`` method is asked for a new instance for
+each other stream (a replay, a cine export) so those never disturb its live state. Two
+sources exist: ``detected.DetectedOverlay`` (the console's default) draws what the guidance
+detectors find in the pixels; ``ground_truth_source`` ignores the pixels and draws the
+simulator's ground truth (needle tip and hub, CSF return, disc heights) and the patient's
+landmarks -- the teaching view of what the image *should* show. The same source also draws
+replayed loops and exported cine loops (from the recorded pixels and metadata).
 """
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ class OverlayContext:
     ``spine``: the session's measured spine (levels, disc axes) or None for an unlabelled CT.
     ``needle_target_lps_mm``: the target of the placed needle (from the plan), if known.
     ``baseline_disc_heights_mm``: disc heights before traction (for decompression progress).
+    ``patient``: the patient in use (detector-based sources read only its thecal sac).
     """
 
     spine: SpineGeometry | None = None
     needle_target_lps_mm: tuple[float, float, float] | None = None
     needle_level: str | None = None
     baseline_disc_heights_mm: Mapping[str, float] = field(default_factory=dict)
+    patient: Any = field(default=None, compare=False, repr=False)
 
 
 OverlaySource = Callable[[np.ndarray, Geometry, Mapping[str, Any], OverlayContext], list[Primitive]]

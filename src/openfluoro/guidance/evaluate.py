@@ -160,6 +160,30 @@ def _needle_run(frames: list[FrameRecord], scores: Scores, case: int, view: str,
     return last, geo
 
 
+def score_depth(det_ap: NeedleDetection, g_ap: Geometry, det_lat: NeedleDetection, g_lat: Geometry,
+                last_lateral: FrameRecord, case: int, patient=None) -> dict:
+    """3-D tip from an AP and a lateral detection vs the true tip; with a patient that has a
+    sac, also the error of the tip-to-dura distance along the needle's axis."""
+    a, b, c = epipolar_line(g_lat, det_lat.tip_px, g_ap)
+    tip_ap, tail_ap = det_ap.tip_px, det_ap.tail_px
+    if abs(a * tail_ap[0] + b * tail_ap[1] + c) < abs(a * tip_ap[0] + b * tip_ap[1] + c) - 2.0:
+        tip_ap, tail_ap = tail_ap, tip_ap          # the other end agrees with the lateral
+    n3 = needle_from_views([g_ap, g_lat], [tip_ap, det_lat.tip_px], [tail_ap, det_lat.tail_px])
+    truth = last_lateral.truth["needle"]
+    true_tip = np.asarray(truth["tip_lps_mm"], float)
+    out = {"case": case, "dose": last_lateral.dose_mode,
+           "err_mm": float(np.linalg.norm(np.asarray(n3.tip_lps_mm) - true_tip)), "gap_mm": n3.ray_gap_mm}
+    if patient is not None and n3.axis_lps is not None:
+        sac = SacModel(patient)
+        if sac.available:
+            mine = distance_to_sac(n3.tip_lps_mm, n3.axis_lps, sac)
+            true = distance_to_sac(true_tip, truth["axis"], sac)
+            if mine is not None and true is not None and math.isfinite(true.distance_mm) \
+                    and math.isfinite(mine.distance_mm):
+                out["sac_err_mm"] = mine.distance_mm - true.distance_mm
+    return out
+
+
 def _midline(res: LevelResult):
     from openfluoro.guidance.puncture import PunctureGuide
 
@@ -189,27 +213,10 @@ def evaluate_case(rec: CaseRecord, scores: Scores, patient=None) -> None:
     det_lat, g_lat = _needle_run(lat, scores, case, "lateral")
     # depth from the last AP and lateral frames (the needle did not move in between)
     if det_ap is not None and det_lat is not None:
-        ep = epipolar_line(g_lat, det_lat.tip_px, g_ap)
-        a, b, c = ep
-        tip_ap, tail_ap = det_ap.tip_px, det_ap.tail_px
-        if abs(a * tail_ap[0] + b * tail_ap[1] + c) < abs(a * tip_ap[0] + b * tip_ap[1] + c) - 2.0:
-            tip_ap, tail_ap = tail_ap, tip_ap          # the other end agrees with the lateral
-        n3 = needle_from_views([g_ap, g_lat], [tip_ap, det_lat.tip_px], [tail_ap, det_lat.tail_px])
-        true_tip = np.asarray(lat[-1].truth["needle"]["tip_lps_mm"], float)
-        rec_d = {"case": case, "dose": lat[-1].dose_mode, "err_mm": float(np.linalg.norm(np.asarray(n3.tip_lps_mm) - true_tip)),
-                 "gap_mm": n3.ray_gap_mm}
-        if patient is not None and n3.axis_lps is not None:
-            sac = SacModel(patient)
-            if sac.available:
-                mine = distance_to_sac(n3.tip_lps_mm, n3.axis_lps, sac)
-                true = distance_to_sac(true_tip, lat[-1].truth["needle"]["axis"], sac)
-                if mine is not None and true is not None and math.isfinite(true.distance_mm) \
-                        and math.isfinite(mine.distance_mm):
-                    rec_d["sac_err_mm"] = mine.distance_mm - true.distance_mm
-        scores.depth.append(rec_d)
+        scores.depth.append(score_depth(det_ap, g_ap, det_lat, g_lat, lat[-1], case, patient))
     # interspaces on the lateral (needle in, no traction)
     if lv_lat is not None:
-        scores.heights.extend({"case": case, **h} for h in score_heights(measure_interspaces(None, lat[-1].geometry, lv_lat), lat[-1]))
+        scores.heights.extend({"case": case, **h} for h in score_heights(measure_interspaces(lat[-1].image, lat[-1].geometry, lv_lat), lat[-1]))
     # traction: baseline, ramp, hold
     base, ramp, trac = by_role.get("baseline", []), by_role.get("ramp", []), by_role.get("traction", [])
     if base and trac:
@@ -526,12 +533,4 @@ def _evaluate_ct_case(rec: CaseRecord, scores: Scores, case: int) -> None:
     det_ap, g_ap = _needle_run(ap, scores, case, "ap", _midline(lv_ap) if lv_ap is not None else None)
     det_lat, g_lat = _needle_run(lat, scores, case, "lateral")
     if det_ap is not None and det_lat is not None:
-        a, b, c = epipolar_line(g_lat, det_lat.tip_px, g_ap)
-        tip_ap, tail_ap = det_ap.tip_px, det_ap.tail_px
-        if abs(a * tail_ap[0] + b * tail_ap[1] + c) < abs(a * tip_ap[0] + b * tip_ap[1] + c) - 2.0:
-            tip_ap, tail_ap = tail_ap, tip_ap
-        n3 = needle_from_views([g_ap, g_lat], [tip_ap, det_lat.tip_px], [tail_ap, det_lat.tail_px])
-        true_tip = np.asarray(lat[-1].truth["needle"]["tip_lps_mm"], float)
-        scores.depth.append({"case": case, "dose": lat[-1].dose_mode,
-                             "err_mm": float(np.linalg.norm(np.asarray(n3.tip_lps_mm) - true_tip)),
-                             "gap_mm": n3.ray_gap_mm})
+        scores.depth.append(score_depth(det_ap, g_ap, det_lat, g_lat, lat[-1], case))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import io
 import math
 import os
 import tempfile
@@ -483,28 +484,15 @@ def atomic_write(ds: Dataset, path: str | Path) -> Path:
     """Write ``ds`` as a DICOM Part 10 file: to a temporary file in the same folder,
     flushed and fsync'ed, then renamed over ``path``. A crash leaves either the old
     file or the new one, never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta = file_meta_for(ds)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return atomic_write_bytes(buf.getvalue(), path)
 
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
-    """Same as ``atomic_write`` for raw bytes."""
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
