@@ -114,6 +114,11 @@ class PunctureGuide:
                 st.tracker.midline_px, st.tracker.midline_dir = mid
         return st
 
+    def levels_at(self, geometry: Geometry) -> LevelResult | None:
+        """The levels detected at this C-arm pose (None before its first frame)."""
+        st = self._poses.get(_pose_key(geometry))
+        return None if st is None else st.levels
+
     @staticmethod
     def _midline(levels: LevelResult) -> tuple[tuple[float, float], tuple[float, float]] | None:
         if levels.view != "ap" or len(levels.discs) < 2:
