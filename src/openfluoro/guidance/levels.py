@@ -10,6 +10,13 @@ is in millimetres at the isocentre):
    A bank of oriented filters on the quarter-resolution frame (bright-band curvature across
    the band, smoothed along it) gives per-pixel band strength and direction; its local maxima,
    with their extent along the band, are disc candidates.
+   **Learned heat map** (used where ``models/disc_heatmap.npz`` has a model for the view
+   kind): the local contrast and the band response are resampled to a 2 mm grid and
+   correlated with a linear template (logistic regression trained on development phantoms by
+   ``train_levels --heatmap``, AP frames with a needle in); its peaks, chained one body height
+   apart (dynamic programming, a skipped disc allowed at a cost), are the interspaces. This
+   replaces steps 2-3 below, whose hand-made band filters confuse transverse processes,
+   pedicles and the needle with discs in AP views.
 3. **The column.** A chain of candidates stacked like a spine (consecutive discs one body
    height apart along their normals, little offset along them, slowly turning) is chosen by
    dynamic programming; a missing disc may be skipped at a cost.
@@ -363,6 +370,153 @@ def _extend(chain: list[DiscCandidate], bank: np.ndarray, pxs: float, kind: str,
             misses += 1
             if misses > 1 or not inside:
                 break
+    return out
+
+
+# ------------------------------------------------------------------ learned disc heat map
+#: the heat map works on a fixed millimetre grid (isocentre scale), so one template fits all SIDs
+GRID_MM = 2.0
+#: template half-sizes in grid cells: (rows, cols)
+TEMPLATE_HALF = (20, 12)
+#: a refined disc whose centre is further than this from the heat-map peak is not used
+HEATMAP_REFINE_TOL_MM = 4.0
+#: ... and a band candidate's refinement is taken up to this far from the peak (the peak of a
+#: lateral's lowest discs can sit a few mm off the band)
+HEATMAP_BAND_TOL_MM = 7.0
+DISC_MODEL_PATH = __import__("pathlib").Path(__file__).resolve().parent / "models" / "disc_heatmap.npz"
+
+
+def heatmap_channels(small: np.ndarray, pxs: float, bank: np.ndarray | None = None) -> np.ndarray:
+    """(C, rows, cols) feature channels on the GRID_MM grid of a normalised quarter-res frame:
+    local contrast (12 mm) and the oriented bright-band response (horizontal-ish bands)."""
+    from scipy import ndimage
+
+    lc = _local_contrast(small, 12.0 * pxs)
+    if bank is None:
+        bank = F.oriented_bands(lc, ANGLES, 7.0 * pxs, 2.2 * pxs)
+    D = bank.max(axis=0)
+    D = D / (float(np.quantile(D, 0.99)) + 1e-6)
+    lc = np.clip(lc / 40.0, -3.0, 3.0)
+    k = GRID_MM * pxs                          # small pixels per grid cell
+    rows, cols = small.shape
+    gy = np.arange(0.0, rows - 1, k)
+    gx = np.arange(0.0, cols - 1, k)
+    Y, X = np.meshgrid(gy, gx, indexing="ij")
+    ch = [ndimage.map_coordinates(c.astype(np.float32), [Y, X], order=1) for c in (lc, D)]
+    return np.stack(ch).astype(np.float32)
+
+
+def grid_to_small(p, pxs: float) -> np.ndarray:
+    """Grid (col, row) -> quarter-resolution (x, y)."""
+    return np.asarray(p, float) * GRID_MM * pxs
+
+
+def template_windows(ch: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Feature vectors (flattened windows of all channels) at integer grid points (col, row)."""
+    hr, hc = TEMPLATE_HALF
+    C, R, Q = ch.shape
+    pad = np.pad(ch, ((0, 0), (hr, hr), (hc, hc)))
+    out = np.empty((len(pts), C * (2 * hr + 1) * (2 * hc + 1)), np.float32)
+    for i, (x, y) in enumerate(np.asarray(pts, int)):
+        out[i] = pad[:, y:y + 2 * hr + 1, x:x + 2 * hc + 1].ravel()
+    return out
+
+
+from functools import lru_cache as _lru_cache
+
+
+@_lru_cache(maxsize=2)
+def _disc_model(path: str):
+    import os
+
+    if not os.path.isfile(path):
+        return {}
+    with np.load(path) as z:
+        return {k: (z[f"{k}_W"], float(z[f"{k}_b"])) for k in ("ap", "lateral") if f"{k}_W" in z}
+
+
+def disc_heatmap(ch: np.ndarray, kind: str, path=DISC_MODEL_PATH) -> np.ndarray | None:
+    """Logit of 'a disc centre here' per grid cell (a linear template, correlated by FFT)."""
+    from scipy.signal import fftconvolve
+
+    m = _disc_model(str(path)).get(kind)
+    if m is None:
+        return None
+    W, b = m
+    hr, hc = TEMPLATE_HALF
+    W = W.reshape(ch.shape[0], 2 * hr + 1, 2 * hc + 1)
+    S = np.full(ch.shape[1:], b, np.float64)
+    for c in range(ch.shape[0]):
+        S += fftconvolve(ch[c], W[c][::-1, ::-1], mode="same")
+    return S.astype(np.float32)
+
+
+def heatmap_chain(S: np.ndarray, kind: str, min_logit: float = -1.0) -> list[tuple[float, float, float]]:
+    """Peaks of the heat map chained like a spine (top to bottom): (col, row, logit) on the grid.
+
+    Two passes of dynamic programming: the first finds the body step from its strong links
+    (both ends logit > 4), the second adds a penalty on steps that depart from it, so that a
+    run of weak, closely stacked peaks (pelvis, femoral heads) cannot outscore the column."""
+    from scipy import ndimage
+
+    g = GRID_MM
+    mx = ndimage.maximum_filter(S, size=int(round(9.0 / g)) | 1)
+    pk = np.argwhere((S >= mx) & (S > min_logit))
+    if len(pk) == 0:
+        return []
+    pk = pk[np.argsort(pk[:, 0], kind="stable")]
+    v = np.array([float(S[r, c]) for r, c in pk])
+    node = np.clip(v, -2.0, 6.0) - 0.5             # weak peaks do not pay for themselves
+    n = len(pk)
+    lo, hi = 22.0 / g, 50.0 / g
+    # lateral: the lordosis moves consecutive interspaces across the image by up to ~20 mm
+    dx_max, dx_pen = (12.0, 0.02) if kind == "ap" else (22.0, 0.006)
+
+    def run(step):
+        score = node.copy()
+        prev = np.full(n, -1)
+        for j in range(n):
+            for i in range(j):
+                dy = pk[j, 0] - pk[i, 0]
+                dx = abs(pk[j, 1] - pk[i, 1])
+                if lo <= dy <= hi:
+                    gap = 0
+                elif 2 * lo <= dy <= 2 * hi:
+                    gap = 1
+                else:
+                    continue
+                if dx > (dx_max + 8.0 * gap) / g:
+                    continue
+                c = score[i] + node[j] - 2.5 * gap - dx_pen * (dx * g) ** 2 / (1 + gap)
+                if step is not None:
+                    d = math.hypot(dx, dy) / (1 + gap)
+                    c -= 20.0 * ((d - step) / step) ** 2
+                if c > score[j]:
+                    score[j], prev[j] = c, i
+        j = int(np.argmax(score))
+        idx = []
+        while j >= 0:
+            idx.append(j)
+            j = prev[j]
+        return idx[::-1]
+
+    idx = run(None)
+    strong = [math.hypot(*(pk[b] - pk[a])) for a, b in zip(idx[:-1], idx[1:])
+              if v[a] > 4.0 and v[b] > 4.0 and lo <= pk[b, 0] - pk[a, 0] <= hi]
+    if strong:
+        idx = run(float(np.median(strong)))
+    R, Q = S.shape
+
+    def sub(a, b, c_):
+        den = a - 2 * b + c_
+        return float(np.clip(0.5 * (a - c_) / den, -0.5, 0.5)) if den < 0 else 0.0
+
+    out = []
+    for j in idx:
+        r, c = pk[j]
+        dr = sub(S[r - 1, c], S[r, c], S[r + 1, c]) if 0 < r < R - 1 else 0.0
+        dc = sub(S[r, c - 1], S[r, c], S[r, c + 1]) if 0 < c < Q - 1 else 0.0
+        out.append((c + dc, r + dr, float(S[r, c])))
     return out
 
 
@@ -735,14 +889,21 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
         rows_s = small.shape[0]
         cands = [c for c in cands
                  if abs(c.x - ax[int(np.clip(round(c.y), 0, rows_s - 1))]) < 12.0 * pxs and abs(c.angle) < math.radians(24)]
-    chain = _chain(cands, pxs, vf.kind)
-    chain = _extend(chain, bank, pxs, vf.kind, ax)
+    use_hm = vf.kind in _disc_model(str(DISC_MODEL_PATH))
+    if use_hm:
+        chain = _heatmap_candidates(small, pxs, bank, vf.kind)
+    else:
+        chain = _chain(cands, pxs, vf.kind)
+        chain = _extend(chain, bank, pxs, vf.kind, ax)
     steps = _level_steps(chain)
     norm_sm = norm
     refined = []
     for c in chain:
         cn = (c.x * SCALE + (SCALE - 1) / 2.0, c.y * SCALE + (SCALE - 1) / 2.0)
-        refined.append((cn, refine_disc(norm_sm, vf.px_per_mm, cn, c.angle, vf.kind)))
+        rd = refine_disc(norm_sm, vf.px_per_mm, cn, c.angle, vf.kind)
+        if use_hm:
+            rd = _refine_near(norm_sm, vf, cn, c, rd, cands)
+        refined.append((cn, rd))
     names, anchor, conf = [None] * len(chain), "none", 0.0
     from openfluoro.guidance import naming
 
@@ -782,6 +943,49 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
         pts = vf.from_norm([(x * SCALE + (SCALE - 1) / 2.0, r * SCALE + (SCALE - 1) / 2.0) for r, x in enumerate(ax)])
         axis_px = tuple((float(p[0]), float(p[1])) for p in pts)
     return LevelResult(vf.kind, tuple(discs), tuple(_vertebrae(discs)), anchor, conf, vf, axis_px=axis_px)
+
+
+def _refine_near(norm: np.ndarray, vf: ViewFrame, cn, c: DiscCandidate, rd: "RefinedDisc | None",
+                 cands: list[DiscCandidate]) -> "RefinedDisc | None":
+    """Endplates for a heat-map interspace: the refinement from its peak if it stays within
+    ``HEATMAP_REFINE_TOL_MM``; else from the nearest band candidates (within 10 mm), whose
+    bright band the strip search locks on to more easily, if it stays within
+    ``HEATMAP_BAND_TOL_MM``."""
+    P = vf.px_per_mm
+    tol = HEATMAP_REFINE_TOL_MM * P
+    cn = np.asarray(cn, float)
+    if rd is not None and np.hypot(*(rd.centre - cn)) <= tol:
+        return rd
+    near = []
+    for b in cands:
+        q = np.array([b.x * SCALE + (SCALE - 1) / 2.0, b.y * SCALE + (SCALE - 1) / 2.0])
+        d = float(np.hypot(*(q - cn)))
+        if d <= 10.0 * P:
+            near.append((d, q, b.angle))
+    for _, q, ang in sorted(near, key=lambda t: t[0])[:3]:
+        r2 = refine_disc(norm, P, q, ang, vf.kind)
+        if r2 is not None and np.hypot(*(r2.centre - cn)) <= HEATMAP_BAND_TOL_MM * P:
+            return r2
+    return None
+
+
+def _heatmap_candidates(small: np.ndarray, pxs: float, bank: np.ndarray, kind: str) -> list[DiscCandidate]:
+    """The chain of interspaces from the learned heat map, as quarter-res candidates."""
+    ch = heatmap_channels(small, pxs, bank)
+    S = disc_heatmap(ch, kind)
+    if S is None:
+        return []
+    A = bank.argmax(axis=0)
+    rows, cols = small.shape
+    out = []
+    for gx, gy, lg in heatmap_chain(S, kind):
+        sx, sy = grid_to_small((gx, gy), pxs)
+        xi, yi = int(np.clip(round(sx), 0, cols - 1)), int(np.clip(round(sy), 0, rows - 1))
+        ang = float(ANGLES[int(A[yi, xi])])
+        if abs(ang) > math.radians(24.0 if kind == "ap" else 45.0):
+            ang = 0.0
+        out.append(DiscCandidate(float(sx), float(sy), ang, 30.0, float(lg)))
+    return out
 
 
 def _ap_consistency(discs: list[Disc], vf: ViewFrame, axis_small: np.ndarray, tol_mm: float = 7.0) -> list[Disc]:

@@ -1,0 +1,87 @@
+"""Level detection: the learned disc heat map, its chain, and naming on a rendered phantom."""
+
+import numpy as np
+import pytest
+
+from openfluoro.geometry.carm import Detector
+from openfluoro.guidance import levels as LV
+
+
+def test_heatmap_chain_follows_regular_peaks_and_skips_outliers():
+    g = LV.GRID_MM
+    S = np.full((120, 80), -5.0, np.float32)
+    rows = [10, 28, 46, 64, 82]                     # 36 mm apart
+    for r in rows:
+        S[r - 1:r + 2, 39:42] = 2.0
+        S[r, 40] = 6.0
+    S[37, 70] = 8.0                                 # strong, but far off the column
+    S[20, 40] = 1.0                                 # weak, too close to its neighbours
+    chain = LV.heatmap_chain(S, "ap")
+    assert [round(y) for _, y, _ in chain] == rows
+    assert all(abs(x - 40) < 0.6 for x, _, _ in chain)
+    assert 22.0 / g <= np.diff([y for _, y, _ in chain]).min()
+
+
+def test_heatmap_chain_empty_map():
+    assert LV.heatmap_chain(np.full((50, 50), -9.0, np.float32), "ap") == []
+
+
+def test_template_windows_shape_and_padding():
+    ch = np.random.default_rng(0).normal(size=(2, 30, 20)).astype(np.float32)
+    hr, hc = LV.TEMPLATE_HALF
+    w = LV.template_windows(ch, np.array([[0, 0], [10, 15]]))
+    assert w.shape == (2, 2 * (2 * hr + 1) * (2 * hc + 1))
+    win = w[1].reshape(2, 2 * hr + 1, 2 * hc + 1)
+    assert win[0, hr, hc] == ch[0, 15, 10]
+    assert w[0].reshape(2, 2 * hr + 1, 2 * hc + 1)[0, 0, 0] == 0.0     # outside: zero padded
+
+
+def test_heatmap_model_shipped_for_both_views():
+    m = LV._disc_model(str(LV.DISC_MODEL_PATH))
+    hr, hc = LV.TEMPLATE_HALF
+    for kind in ("ap", "lateral"):
+        W, b = m[kind]
+        assert W.size == 2 * (2 * hr + 1) * (2 * hc + 1) and np.isfinite(W).all() and np.isfinite(b)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    from openfluoro.fluoro.session import Session
+    from openfluoro.scene.patient import patient_from_phantom
+    from openfluoro.scene.phantom import PhantomParams, cached_phantom
+
+    patient = patient_from_phantom(cached_phantom(PhantomParams(voxel_mm=1.5, seed=5, lordosis_deg=50.0)))
+    lm = patient.landmarks
+    s = Session.for_patient(patient, detector=Detector.square(512, 300.0), seed=4)
+    s.move_table(tuple(-np.asarray(lm["discs"]["L4-L5"]["centre"], float)))
+    plan = lm["needle"]["L4-L5"]
+    s.set_view("AP")
+    s.insert_needle(plan["entry"], plan["target"], gauge=22,
+                    depth_mm=0.8 * np.linalg.norm(np.subtract(plan["target"], plan["entry"])))
+    ap = s.run(0.5)[-1]
+    s.pedal_up()
+    s.set_view("lateral")
+    lat = s.run(0.5)[-1]
+    s.pedal_up()
+    return patient, ap, lat
+
+
+@pytest.mark.parametrize("view", ["ap", "lateral"])
+def test_interspaces_found_and_named_in_rendered_frames(frames, view):
+    """Every lumbar interspace inside the frame is found within 8 mm and correctly named
+    (the AP has the needle in at L4-L5, the frame centred there, as in the evaluation)."""
+    patient, ap, lat = frames
+    f = ap if view == "ap" else lat
+    res = LV.detect_levels(f.image, f.geometry)
+    assert res.view == view
+    mm_px = 1.0 / LV.view_frame(f.geometry, f.image.shape).px_per_mm
+    checked = 0
+    for name in ("L2-L3", "L3-L4", "L4-L5"):
+        truth = f.geometry.project(np.asarray(patient.landmarks["discs"][name]["centre"], float))[0]
+        if not (8 <= truth[0] < 504 and 8 <= truth[1] < 504):
+            continue
+        d = res.disc(name)
+        assert d is not None, name
+        assert np.hypot(*(np.asarray(d.centre_px) - truth)) * mm_px < 8.0, name
+        checked += 1
+    assert checked >= 2
