@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
+import numba
 import numpy as np
 
 from openfluoro.geometry.carm import Geometry
@@ -118,6 +119,15 @@ class _Line:
     dark_end: tuple[bool, bool] = (False, False)     # an end followed into clipped-black background
 
 
+def _q(x, q: float) -> float:
+    """Quantile of an array (compiled; as ``np.quantile``)."""
+    return float(F.quantile(np.ascontiguousarray(x, dtype=np.float64).ravel(), q))
+
+
+def _med(x) -> float:
+    return float(F.median(np.ascontiguousarray(x, dtype=np.float64).ravel()))
+
+
 def _mask_for(image: np.ndarray) -> np.ndarray:
     """Pixels worth searching: not the burnt-in frame counter, not collimated (black) borders."""
     rows, cols = image.shape
@@ -170,7 +180,7 @@ def _refine(img: np.ndarray, line: _Line, t_lo: float, t_hi: float, iterations: 
         if w.sum() <= 0:
             return line
         # keep the samples with clear contrast (the needle itself, not the empty continuation)
-        keep = w >= 0.3 * np.quantile(w, 0.9)
+        keep = w >= 0.3 * _q(w, 0.9)
         if keep.sum() < 6:
             return line
         w = w[keep]
@@ -194,14 +204,23 @@ def _refine(img: np.ndarray, line: _Line, t_lo: float, t_hi: float, iterations: 
 def _runs(on: np.ndarray, off: np.ndarray, max_gap: int, min_len: float) -> list[tuple[int, int]]:
     """Runs that start and end "on", bridging at most ``max_gap`` "off" samples (samples that
     are neither on nor off do not count as gap)."""
-    out = []
-    n = len(on)
+    r = _runs_nb(np.ascontiguousarray(on, dtype=np.bool_), np.ascontiguousarray(off, dtype=np.bool_),
+                 int(max_gap), float(min_len))
+    return [(int(a), int(b)) for a, b in r]
+
+
+@numba.njit(cache=True, nogil=True)
+def _runs_nb(on, off, max_gap, min_len):
+    n = on.shape[0]
+    out = np.empty((n, 2), np.int64)
+    m = 0
     i = 0
     while i < n:
         if not on[i]:
             i += 1
             continue
-        a = b = i
+        a = i
+        b = i
         gap = 0
         j = i + 1
         while j < n:
@@ -214,9 +233,11 @@ def _runs(on: np.ndarray, off: np.ndarray, max_gap: int, min_len: float) -> list
                     break
             j += 1
         if b - a >= min_len:
-            out.append((a, b))
+            out[m, 0] = a
+            out[m, 1] = b
+            m += 1
         i = b + 1
-    return out
+    return out[:m]
 
 
 def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
@@ -239,11 +260,11 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
     cs = F.blur_1d(c, 3.0)
     # noise of the smoothed contrast: from the pixel noise (the centre is a min of 3, biased)
     sig = noise_px * 0.9 / math.sqrt(3.0) + 0.2
-    base = float(np.median(cs)) if t_range is None else float(np.quantile(cs, 0.3))
-    mad = float(np.median(np.abs(cs - base))) * 1.4826
+    base = float(_med(cs)) if t_range is None else float(_q(cs, 0.3))
+    mad = float(_med(np.abs(cs - base))) * 1.4826
     sig = max(sig, 0.5 * mad)
     above = cs - base
-    thr = max(4.0 * sig, 0.25 * float(np.quantile(above, 0.98)))
+    thr = max(4.0 * sig, 0.25 * float(_q(above, 0.98)))
     # a needle over dark bone is clipped to black: its contrast is only what the background
     # leaves; a black centre line between clearly brighter flanks counts as needle
     cmin = F.blur_1d(centre, 1.0)
@@ -263,7 +284,7 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
     best = None
     for a, b in runs:
         sel = on[a:b + 1]
-        plateau = float(np.quantile(above[a:b + 1][sel], 0.8))
+        plateau = float(_q(above[a:b + 1][sel], 0.8))
         # second pass: relative to this run's own plateau (drops faint bumps beyond gaps)
         on2 = on.copy()
         on2[a:b + 1] &= (above[a:b + 1] > 0.35 * plateau) | black[a:b + 1]
@@ -279,8 +300,8 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
     if best is None:
         return None
     score, a, b, m = best
-    sel = above[a:b + 1] > 0.35 * float(np.median(above[a:b + 1]))
-    plateau = float(np.median(above[a:b + 1][sel]))
+    sel = above[a:b + 1] > 0.35 * float(_med(above[a:b + 1]))
+    plateau = float(_med(above[a:b + 1][sel]))
     seg = prof[a:b + 1][sel]
     left = 0.5 * (seg[:, 0] + seg[:, 1])
     right = 0.5 * (seg[:, 7] + seg[:, 8])
@@ -335,7 +356,7 @@ def _end_position(line: _Line, end: int, bevel_px: float) -> float:
     n_in = max(1, int(round(min(3.0, 0.25 * length) / step)))
     lo, hi = sorted((i_end - end * n_in, i_end - end * n_out))
     inner = c[max(0, lo):max(0, hi) + 1]
-    plat = float(np.median(inner)) if inner.size >= 3 else line.plateau
+    plat = float(_med(inner)) if inner.size >= 3 else line.plateau
     half = 0.5 * plat
     # walk from inside outward to the first crossing below half
     i = int(np.clip(i_end - end * n_in, 0, len(ts) - 1))
@@ -532,14 +553,14 @@ def _candidates(img: np.ndarray, mask: np.ndarray, n_lines: int, roi_line: _Line
     sub = np.ascontiguousarray(img[r0:r1, c0:c1])
     if sub.shape[0] < 8 or sub.shape[1] < 8:
         return []
-    sm = F.blur(sub, 1.0)
+    sm = F.blur_fast(sub, 1.0)
     strength = np.empty_like(sm)
     lap = np.empty_like(sm)
     F.ridge_and_laplacian(sm, strength, lap)
     sample = strength[::3, ::3][mk[::3, ::3]]
     if sample.size == 0:
         return []
-    thr = max(float(np.quantile(sample, 0.995)), 4.0)
+    thr = max(float(_q(sample, 0.995)), 4.0)
     if blobs is not None:
         b = _blob(sm, lap, mk)
         if b is not None:
@@ -568,16 +589,44 @@ def _candidates(img: np.ndarray, mask: np.ndarray, n_lines: int, roi_line: _Line
     return lines
 
 
+@numba.njit(cache=True, nogil=True)
+def _masked_argmax(a, mask):
+    best = 0.0
+    bi = 0
+    bj = 0
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            v = a[i, j] if mask[i, j] else 0.0
+            if v > best:
+                best = v
+                bi = i
+                bj = j
+    return bi, bj, best
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_above(a, mask, thr, step):
+    n = 0
+    k = 0
+    for i in range(0, a.shape[0], step):
+        for j in range(0, a.shape[1], step):
+            if mask[i, j]:
+                n += 1
+                if a[i, j] > thr:
+                    k += 1
+    return k, n
+
+
 def _blob(sm: np.ndarray, lap: np.ndarray, mask: np.ndarray) -> _Line | None:
     """A needle seen (nearly) end-on: the most compact dark spot (Laplacian maximum) if it
     stands far above the frame's other spots; its extent along its principal axis."""
-    lm = np.where(mask, lap, 0.0)
-    k = int(np.argmax(lm))
-    r, c = divmod(k, lap.shape[1])
-    peak = float(lm[r, c])
-    sample = lap[::2, ::2][mask[::2, ::2]]
-    q = float(np.quantile(sample, 0.999)) if sample.size else 0.0
-    if peak < max(BLOB_RATIO * q, BLOB_MIN_LAPLACIAN):
+    r, c, peak = _masked_argmax(lap, mask)
+    if peak < BLOB_MIN_LAPLACIAN:
+        return None
+    # peak >= BLOB_RATIO x the 99.9th percentile of the (every 2nd pixel) sample, i.e. at most
+    # 0.1 % of the sample above peak / BLOB_RATIO
+    n_above, n = _count_above(lap, mask, peak / BLOB_RATIO, 2)
+    if n == 0 or n_above > 0.001 * (n - 1):
         return None
     h = 10
     r0, r1, c0, c1 = max(0, r - h), min(sm.shape[0], r + h + 1), max(0, c - h), min(sm.shape[1], c + h + 1)
@@ -588,7 +637,7 @@ def _blob(sm: np.ndarray, lap: np.ndarray, mask: np.ndarray) -> _Line | None:
     centre = win[rad <= 1.5]
     if ring.size < 8 or centre.size == 0:
         return None
-    bg = float(np.median(ring))
+    bg = float(_med(ring))
     depth = bg - float(centre.mean())
     if depth <= 10.0:
         return None
@@ -616,36 +665,13 @@ def _blob(sm: np.ndarray, lap: np.ndarray, mask: np.ndarray) -> _Line | None:
     return line
 
 
-def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None = None,
-                  needle_od_mm: float = DEFAULT_NEEDLE_OD_MM, roi: tuple | None = None,
-                  min_length_mm: float = 4.0, n_candidates: int = 4,
-                  foreshortening: float | None = None) -> NeedleDetection:
-    """Find the needle in one frame. ``roi`` = (point, direction[, t0, t1]) restricts the
-    search to a band around a predicted line (tracking), and along it to ``ROI_MARGIN_PX``
-    beyond the segment [t0, t1] (measured from ``point`` along ``direction``)."""
-    img = np.ascontiguousarray(image, dtype=np.float32)
-    if img.ndim != 2:
-        raise ValueError(f"detect_needle: expected a 2-D grey image, got shape {image.shape}")
-    mask = _mask_for(img)
-    noise = F.noise_sigma(img)
-    px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
-    min_len = min_length_mm * px_per_mm
-    roi_line = None
-    t_range_of = None
-    if roi is not None:
-        roi_line = _Line(np.asarray(roi[0], float), np.asarray(roi[1], float) / np.linalg.norm(roi[1]))
-        if len(roi) >= 4:
-            roi_line.t0, roi_line.t1 = float(roi[2]), float(roi[3])
-            ends = [roi_line.p0 + roi_line.t0 * roi_line.d, roi_line.p0 + roi_line.t1 * roi_line.d]
-
-            def t_range_of(ln):
-                ts_ = sorted(float((e - ln.p0) @ ln.d) for e in ends)
-                return ts_[0] - ROI_MARGIN_PX, ts_[1] + ROI_MARGIN_PX
-        n_candidates = min(n_candidates, 2)
-    blobs: list[_Line] = []
-    cands = _candidates(img, mask, n_candidates, roi_line, blobs=blobs)
-    best = None
+def _evaluate(img: np.ndarray, cands: list[_Line], noise: float, min_len: float, t_range_of=None,
+              prune: float = 0.0) -> _Line | None:
+    """Refine and segment the candidate lines; the best needle-like segment or None. With
+    ``prune`` > 0, candidates whose first-pass score is below ``prune`` x the best final score
+    are not refined a second time."""
     rows, cols = img.shape
+    first: list[_Line] = []
     for ln in cands:
         lo, hi = _clip_to_image(ln.p0, ln.d, rows, cols)
         if hi - lo < min_len:
@@ -660,6 +686,19 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
             continue
         if seg.width > MAX_WIDTH_RATIO + 0.15 or seg.cnr < 0.7 * MIN_CNR:
             continue
+        first.append(seg)
+    first.sort(key=lambda sg: -sg.score)
+    best = None
+    done: list[np.ndarray] = []
+    for seg in first:
+        if best is not None and seg.score < prune * best.score:
+            break
+        # Hough peaks next to each other are often the same (short) needle: a segment whose ends
+        # both lie within 3 px of one already refined is not refined again
+        ends = np.array([seg.p0 + seg.t0 * seg.d, seg.p0 + seg.t1 * seg.d])
+        if any(min(np.hypot(*(ends - e).T).max(), np.hypot(*(ends - e[::-1]).T).max()) < 3.0 for e in done):
+            continue
+        done.append(ends)
         # refine once more on the segment alone
         seg2 = _refine(img, replace(seg), seg.t0, seg.t1, iterations=1)
         seg2 = _segment(img, seg2, noise, min_len) or seg
@@ -669,6 +708,44 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
         seg2.score = seg2.score / (1.0 + 2.0 * max(0.0, seg2.asym - 0.5))
         if best is None or seg2.score > best.score:
             best = seg2
+    return best
+
+
+def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None = None,
+                  needle_od_mm: float = DEFAULT_NEEDLE_OD_MM, roi: tuple | None = None,
+                  min_length_mm: float = 4.0, n_candidates: int = 4,
+                  foreshortening: float | None = None, noise: float | None = None) -> NeedleDetection:
+    """Find the needle in one frame. ``roi`` = (point, direction[, t0, t1]) restricts the
+    search to a band around a predicted line (tracking), and along it to ``ROI_MARGIN_PX``
+    beyond the segment [t0, t1] (measured from ``point`` along ``direction``): the predicted
+    line itself is refined first, the band's own candidate lines only if it shows no needle.
+    ``noise``: the frame's pixel-noise SD when already known (a tracker keeps it)."""
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"detect_needle: expected a 2-D grey image, got shape {image.shape}")
+    mask = _mask_for(img)
+    if noise is None:
+        noise = F.noise_sigma(image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else img)
+    px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
+    min_len = min_length_mm * px_per_mm
+    roi_line = None
+    t_range_of = None
+    best = None
+    blobs: list[_Line] = []
+    if roi is not None:
+        roi_line = _Line(np.asarray(roi[0], float), np.asarray(roi[1], float) / np.linalg.norm(roi[1]))
+        if len(roi) >= 4:
+            roi_line.t0, roi_line.t1 = float(roi[2]), float(roi[3])
+            ends = [roi_line.p0 + roi_line.t0 * roi_line.d, roi_line.p0 + roi_line.t1 * roi_line.d]
+
+            def t_range_of(ln):
+                ts_ = sorted(float((e - ln.p0) @ ln.d) for e in ends)
+                return ts_[0] - ROI_MARGIN_PX, ts_[1] + ROI_MARGIN_PX
+            best = _evaluate(img, [_Line(roi_line.p0.copy(), roi_line.d.copy())], noise, min_len, t_range_of)
+        n_candidates = min(n_candidates, 2)
+    if best is None:
+        cands = _candidates(img, mask, n_candidates, roi_line, blobs=blobs)
+        best = _evaluate(img, cands, noise, min_len, t_range_of, prune=0.5)
     blob = blobs[0] if blobs else None
     if blob is not None and best is not None:
         # the blob wins over a line it is not part of when it is much darker than the line
