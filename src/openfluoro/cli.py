@@ -390,6 +390,8 @@ def evaluate_guidance_cmd(
     volume: Optional[Path] = typer.Option(None, "--volume", help="evaluate on this CT instead of phantoms"),
     labels: Optional[Path] = typer.Option(None, "--labels", help="label map of the CT (TotalSegmentator 'total' ids)"),
     label_offset_k: int = typer.Option(0, "--label-offset-k", min=0, help="first CT slice the label map covers"),
+    levels: Optional[Path] = typer.Option(None, "--levels", help="JSON of the CT's interspace centres (LPS mm) read "
+                                                                 "from the CT, for levels its labels lack"),
     size: int = typer.Option(512, "--size", min=128, max=2048, help="detector rows and columns"),
     voxel_mm: float = typer.Option(1.5, "--voxel-mm", min=0.75, max=2.0, help="phantom voxel size"),
     quiet: bool = typer.Option(False, "--quiet", help="no per-case progress lines"),
@@ -401,15 +403,15 @@ def evaluate_guidance_cmd(
     progress = None if quiet else typer.echo
     try:
         if volume is None:
-            if labels is not None:
-                _fail("--labels needs --volume")
+            if labels is not None or levels is not None:
+                _fail("--labels and --levels need --volume")
             _, table, summary = ev.evaluate_guidance(cases, seed, progress=progress, size_px=size, voxel_mm=voxel_mm)
         else:
             from openfluoro.scene.volume import VolumeError
 
             try:
                 _, table, summary = ev.evaluate_volume(volume, labels, label_offset_k, cases, seed,
-                                                       progress=progress, size_px=size)
+                                                       progress=progress, size_px=size, levels_path=levels)
             except VolumeError as exc:
                 _fail(str(exc))
     except ValueError as exc:

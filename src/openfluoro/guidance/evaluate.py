@@ -362,8 +362,10 @@ def ct_spine_landmarks(patient) -> dict[str, Any]:
     anterior 30 mm of each label. Below the lowest *completely* labelled body the column is
     continued from the CT itself: one level step (the mean of the labelled steps) at a time,
     each body re-centred on the dense bone (> 180 HU) of its slab. Interspace centres are the
-    midpoints of consecutive bodies. Accuracy ~ +-4 mm (3 mm slices, degenerate discs); the
-    scoring tolerance is 8 mm.
+    midpoints of consecutive bodies. Rough below the labels: the mean labelled step is a
+    thoracic one, shorter than a lumbar vertebra (on the example CT the continued interspaces
+    are 7-24 mm too high at L2-L3..L4-L5); ``evaluate_volume(levels_path=...)`` takes
+    interspaces read from the CT instead (``tests/data/totalsegmentator_example_levels.json``).
     """
     vol = patient.volume
     A = vol.affine_lps
@@ -450,8 +452,28 @@ def _ct_needle_plan(patient, disc_centre: np.ndarray, cranial_deg: float = 10.0)
     return entry, target
 
 
+def read_levels_file(path) -> dict[str, dict]:
+    """Interspace centres of a CT read from the CT itself (``tests/data/make_ct_levels.py``):
+    ``{"discs": {name: {"centre": [x, y, z], "uncertain": bool?}}}``; uncertain ones are dropped."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        discs = data["discs"]
+        out = {n: {"centre": [float(v) for v in d["centre"]]} for n, d in discs.items() if not d.get("uncertain")}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such levels file") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a levels file ({{'discs': {{name: {{'centre': [x, y, z]}}}}}}): {exc}") from None
+    if any(len(d["centre"]) != 3 for d in out.values()):
+        raise ValueError(f"{path}: discs.*.centre must be [x, y, z] in LPS mm")
+    return out
+
+
 def evaluate_volume(ct_path, labels_path=None, label_offset_k: int = 0, n_cases: int = 6, seed: int = 0,
-                    progress: Callable[[str], None] | None = None, size_px: int = 512
+                    progress: Callable[[str], None] | None = None, size_px: int = 512, levels_path=None
                     ) -> tuple[Scores, str, dict[str, float]]:
     """The guidance on a real CT: C-arm centred on interspaces found from the labels and the CT,
     AP and lateral frames with a midline needle (low/normal/high dose). Scored: needle, tip,
@@ -464,6 +486,8 @@ def evaluate_volume(ct_path, labels_path=None, label_offset_k: int = 0, n_cases:
 
     patient = load_patient(ct_path, labels_path, label_offset_k)
     lm = ct_spine_landmarks(patient)
+    if levels_path is not None:
+        lm["discs"] = read_levels_file(levels_path)
     rng = np.random.default_rng([seed, 31337])
     levels = [d for d in ("L1-L2", "L2-L3", "L3-L4", "L4-L5") if d in lm["discs"]]
     if not levels:
@@ -514,8 +538,10 @@ def evaluate_volume(ct_path, labels_path=None, label_offset_k: int = 0, n_cases:
     table, summary = summarise(scores)
     order = ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"]
     lowest = max(lm["labelled"], key=order.index)
-    note = (f"CT interspaces below {lowest} (the lowest usable labelled vertebra) are placed from the CT "
-            f"(+-4 mm); no disc heights, traction or sac on this CT")
+    note = (f"CT interspaces from {levels_path}" if levels_path is not None else
+            f"CT interspaces below {lowest} (the lowest usable labelled vertebra) are placed by stepping down "
+            f"the column (rough: the thoracic step); give --levels for better") + \
+        "; no disc heights, traction or sac on this CT"
     return scores, table + "\n  " + note, summary
 
 
