@@ -56,6 +56,8 @@ ROI_MARGIN_PX = 48.0
 BLOB_RATIO = 3.0
 BLOB_MIN_LAPLACIAN = 25.0
 MIN_CNR = 5.0
+#: an end-on spot shorter than this (mm at the isocentre) has no telling ends: tip at its centre
+END_ON_MM = 4.0
 MIN_CONTRAST = 15.0
 
 
@@ -72,6 +74,7 @@ class NeedleDetection:
     tip_side_confidence: float = 0.0  # 0..1 how sure we are which end is the tip
     tip_cue: str = ""                # what decided the tip end
     tracked: bool = False
+    score: float = 0.0               # the line's contrast-to-noise x sqrt(length) (a spot: its Laplacian)
 
     @property
     def direction(self) -> np.ndarray:
@@ -530,12 +533,18 @@ def _orient(line: _Line, image: np.ndarray, geometry: Geometry, prior: TipPrior 
 
 
 def _candidates(img: np.ndarray, mask: np.ndarray, n_lines: int, roi_line: _Line | None = None,
-                roi_halfwidth: float = 16.0, blobs: list | None = None) -> list[_Line]:
-    """Candidate lines from full-resolution dark-ridge maxima voting in a Hough accumulator."""
+                roi_halfwidth: float = 16.0, blobs: list | None = None, box: tuple | None = None,
+                blob_min_peak: float | None = None) -> list[_Line]:
+    """Candidate lines from full-resolution dark-ridge maxima voting in a Hough accumulator
+    (within ``box`` = (r0, r1, c0, c1) when given)."""
     rows, cols = img.shape
     r0, r1, c0, c1 = 0, rows, 0, cols
     mk = mask
-    if roi_line is not None:
+    if box is not None:
+        r0, r1 = max(0, int(box[0])), min(rows, int(box[1]))
+        c0, c1 = max(0, int(box[2])), min(cols, int(box[3]))
+        mk = mask[r0:r1, c0:c1]
+    elif roi_line is not None:
         lo, hi = _clip_to_image(roi_line.p0, roi_line.d, rows, cols)
         if roi_line.t1 > roi_line.t0:
             lo, hi = max(lo, roi_line.t0 - ROI_MARGIN_PX), min(hi, roi_line.t1 + ROI_MARGIN_PX)
@@ -562,7 +571,7 @@ def _candidates(img: np.ndarray, mask: np.ndarray, n_lines: int, roi_line: _Line
         return []
     thr = max(float(_q(sample, 0.995)), 4.0)
     if blobs is not None:
-        b = _blob(sm, lap, mk)
+        b = _blob(sm, lap, mk, blob_min_peak)
         if b is not None:
             b.p0 = b.p0 + np.array([c0, r0], float)
             blobs.append(b)
@@ -617,17 +626,22 @@ def _count_above(a, mask, thr, step):
     return k, n
 
 
-def _blob(sm: np.ndarray, lap: np.ndarray, mask: np.ndarray) -> _Line | None:
+def _blob(sm: np.ndarray, lap: np.ndarray, mask: np.ndarray, min_peak: float | None = None) -> _Line | None:
     """A needle seen (nearly) end-on: the most compact dark spot (Laplacian maximum) if it
-    stands far above the frame's other spots; its extent along its principal axis."""
+    stands far above the frame's other spots (or, tracking one in a small window, reaches
+    ``min_peak``); its extent along its principal axis."""
     r, c, peak = _masked_argmax(lap, mask)
-    if peak < BLOB_MIN_LAPLACIAN:
+    if min_peak is not None:
+        if peak < max(min_peak, BLOB_MIN_LAPLACIAN):
+            return None
+    elif peak < BLOB_MIN_LAPLACIAN:
         return None
     # peak >= BLOB_RATIO x the 99.9th percentile of the (every 2nd pixel) sample, i.e. at most
     # 0.1 % of the sample above peak / BLOB_RATIO
-    n_above, n = _count_above(lap, mask, peak / BLOB_RATIO, 2)
-    if n == 0 or n_above > 0.001 * (n - 1):
-        return None
+    if min_peak is None:
+        n_above, n = _count_above(lap, mask, peak / BLOB_RATIO, 2)
+        if n == 0 or n_above > 0.001 * (n - 1):
+            return None
     h = 10
     r0, r1, c0, c1 = max(0, r - h), min(sm.shape[0], r + h + 1), max(0, c - h), min(sm.shape[1], c + h + 1)
     win = sm[r0:r1, c0:c1]
@@ -662,7 +676,38 @@ def _blob(sm: np.ndarray, lap: np.ndarray, mask: np.ndarray) -> _Line | None:
     line = _Line(np.array([cx, cy]), d / np.linalg.norm(d), -half, half)
     line.score = peak
     line.contrast = depth
+    ends = _blob_extent(sm, line)
+    if ends is not None:
+        line.t0, line.t1 = ends
     return line
+
+
+def _blob_extent(sm: np.ndarray, line: _Line, reach: float = 24.0) -> tuple[float, float] | None:
+    """Ends of a short dark segment along its axis: the half-maximum crossings of its contrast
+    (flanks minus centre) on either side of the darkest part (sub-pixel)."""
+    ts = np.arange(-reach, reach + 1e-6, 0.5, dtype=np.float32)
+    prof = F.line_profiles(sm, float(line.p0[0]), float(line.p0[1]), float(line.d[0]), float(line.d[1]), ts, _OFFS)
+    if np.isnan(prof).any():
+        return None
+    flank = 0.25 * (prof[:, 0] + prof[:, 1] + prof[:, 7] + prof[:, 8])
+    c = flank - prof[:, 3:6].min(axis=1)
+    i0 = int(np.argmin(np.abs(ts)))
+    core = c[max(0, i0 - 2):i0 + 3]
+    peak = float(core.max())
+    if peak <= 0:
+        return None
+    half = 0.5 * peak
+    out = []
+    for step in (-1, +1):
+        i = i0
+        while 0 <= i + step < len(ts) and c[i + step] >= half:
+            i += step
+        if not (0 <= i + step < len(ts)):
+            return None
+        a, b = float(c[i]), float(c[i + step])
+        frac = 0.5 if a == b else float(np.clip((a - half) / (a - b), 0.0, 1.0))
+        out.append(float(ts[i]) + step * 0.5 * frac)
+    return out[0], out[1]
 
 
 def _evaluate(img: np.ndarray, cands: list[_Line], noise: float, min_len: float, t_range_of=None,
@@ -714,12 +759,15 @@ def _evaluate(img: np.ndarray, cands: list[_Line], noise: float, min_len: float,
 def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None = None,
                   needle_od_mm: float = DEFAULT_NEEDLE_OD_MM, roi: tuple | None = None,
                   min_length_mm: float = 4.0, n_candidates: int = 4,
-                  foreshortening: float | None = None, noise: float | None = None) -> NeedleDetection:
+                  foreshortening: float | None = None, noise: float | None = None,
+                  window: tuple | None = None, blob_min_peak: float | None = None) -> NeedleDetection:
     """Find the needle in one frame. ``roi`` = (point, direction[, t0, t1]) restricts the
     search to a band around a predicted line (tracking), and along it to ``ROI_MARGIN_PX``
     beyond the segment [t0, t1] (measured from ``point`` along ``direction``): the predicted
     line itself is refined first, the band's own candidate lines only if it shows no needle.
-    ``noise``: the frame's pixel-noise SD when already known (a tracker keeps it)."""
+    ``noise``: the frame's pixel-noise SD when already known. ``window`` = (r0, r1, c0, c1):
+    search only there (tracking an end-on needle), a spot counting when its Laplacian reaches
+    ``blob_min_peak``."""
     img = np.ascontiguousarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"detect_needle: expected a 2-D grey image, got shape {image.shape}")
@@ -743,8 +791,10 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
                 return ts_[0] - ROI_MARGIN_PX, ts_[1] + ROI_MARGIN_PX
             best = _evaluate(img, [_Line(roi_line.p0.copy(), roi_line.d.copy())], noise, min_len, t_range_of)
         n_candidates = min(n_candidates, 2)
+    if window is not None:
+        n_candidates = min(n_candidates, 2)
     if best is None:
-        cands = _candidates(img, mask, n_candidates, roi_line, blobs=blobs)
+        cands = _candidates(img, mask, n_candidates, roi_line, blobs=blobs, box=window, blob_min_peak=blob_min_peak)
         best = _evaluate(img, cands, noise, min_len, t_range_of, prune=0.5)
     blob = blobs[0] if blobs else None
     if blob is not None and best is not None:
@@ -757,17 +807,22 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
     if blob is not None:
         noise_c = noise / math.sqrt(3.0) + 0.2
         tip, tail, side_conf, cue = _orient(blob, img, geometry, prior, 0.0)
+        if blob.t1 - blob.t0 < END_ON_MM * px_per_mm:
+            # too short to tell its ends apart: the tip is within half the spot of its centre
+            tip = blob.p0 + 0.5 * (blob.t0 + blob.t1) * blob.d
+            side_conf, cue = 0.0, "centre"
         conf = float(1.0 - math.exp(-blob.contrast / noise_c / 20.0))
         return NeedleDetection(True, (float(tip[0]), float(tip[1])), (float(tail[0]), float(tail[1])), conf,
                                float(blob.contrast), float(blob.contrast / noise_c), side_conf, "end-on " + cue,
-                               roi is not None)
+                               roi is not None or window is not None, float(blob.score))
     if best is None:
         return NOT_FOUND
     bevel_px = _projected_bevel_px(geometry, best.p0, best.d, needle_od_mm, foreshortening)
     tip, tail, side_conf, cue = _orient(best, img, geometry, prior, bevel_px)
     conf = float(1.0 - math.exp(-max(0.0, best.score - 6.0) / 15.0))
     return NeedleDetection(True, (float(tip[0]), float(tip[1])), (float(tail[0]), float(tail[1])), conf,
-                           float(best.contrast), float(best.cnr), side_conf, cue, roi is not None)
+                           float(best.contrast), float(best.cnr), side_conf, cue, roi is not None or window is not None,
+                           float(best.score))
 
 
 @dataclass
@@ -807,6 +862,7 @@ class NeedleTracker:
         self._ends = self._ends0 = None
         self._motion = 0.0
         self._misses = 0
+        self._pending = []
         self.last = NOT_FOUND
 
     @property
@@ -822,6 +878,31 @@ class NeedleTracker:
                         midline_px=self.midline_px, midline_dir=self.midline_dir, epipolar_line=self.epipolar_line,
                         motion_dir=None if adv is None else (float(adv[0]), float(adv[1])))
 
+    def _check_elsewhere(self, image: np.ndarray, geometry: Geometry, det: NeedleDetection,
+                         noise: float) -> NeedleDetection:
+        """The whole-frame search while a line is tracked, spread over two frames: every
+        ``full_search_every``-th frame collects the frame's candidate lines off the tracked
+        one; the next frame measures them, and a clearly stronger needle-like line elsewhere
+        restarts the track with a full detection."""
+        pending = getattr(self, "_pending", [])
+        self._pending = []
+        if pending:
+            px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
+            img = np.ascontiguousarray(image, dtype=np.float32)
+            other = _evaluate(img, pending, noise, 4.0 * px_per_mm, prune=0.5)
+            if other is not None and other.score > 1.2 * det.score:
+                full = detect_needle(image, geometry, self._prior(), self.needle_od_mm, noise=noise)
+                if full.found:
+                    return full
+            return det
+        if self._frames % self.full_search_every == 0:
+            img = np.ascontiguousarray(image, dtype=np.float32)
+            mid = 0.5 * (np.asarray(det.tail_px, float) + np.asarray(det.tip_px, float))
+            # lines through the tracked segment's middle are the tracked needle itself
+            self._pending = [ln for ln in _candidates(img, _mask_for(img), 4)
+                             if abs(float((mid - ln.p0) @ np.array([-ln.d[1], ln.d[0]]))) >= 6.0]
+        return det
+
     def update(self, image: np.ndarray, geometry: Geometry) -> NeedleDetection:
         if self._geometry is not None and geometry != self._geometry:
             self.reset()
@@ -829,24 +910,41 @@ class NeedleTracker:
         prior = self._prior()
         det = NOT_FOUND
         self._frames = getattr(self, "_frames", 0) + 1
-        if self.use_roi and self._tip is not None and self._tail is not None and self.last.found and \
-                self.last.confidence > 0.5 and self._frames % self.full_search_every != 0 and \
-                not self.last.tip_cue.startswith("end-on"):
+        noise = F.noise_sigma(image if image.dtype == np.uint8 else np.asarray(image, np.float32))
+        tracking = self.use_roi and self._tip is not None and self._tail is not None and self.last.found and \
+            self.last.confidence > 0.5
+        if tracking and self.last.tip_cue.startswith("end-on"):
+            # an end-on needle: search a window around the spot (it moves little in the image)
+            assert self._tip is not None and self._tail is not None
+            c = 0.5 * (self._tip + self._tail)
+            h = 40.0 + 0.5 * float(np.hypot(*(self._tip - self._tail)))
+            det = detect_needle(image, geometry, prior, self.needle_od_mm, noise=noise,
+                                window=(c[1] - h, c[1] + h + 1, c[0] - h, c[0] + h + 1),
+                                blob_min_peak=0.4 * self.last.score)
+            if det.found and (not det.tip_cue.startswith("end-on") or
+                              np.hypot(*(0.5 * (np.asarray(det.tip_px) + np.asarray(det.tail_px)) - c)) > 12.0):
+                det = NOT_FOUND          # no longer the same spot: search the whole frame
+        elif tracking:
+            assert self._tip is not None and self._tail is not None
             d = self._tip - self._tail
             L = float(np.hypot(*d))
             if L > 12.0:
-                det = detect_needle(image, geometry, prior, self.needle_od_mm,
+                det = detect_needle(image, geometry, prior, self.needle_od_mm, noise=noise,
                                     roi=(self._tail, d / L, 0.0, L))
-                # a tracked needle stays on its line and its ends move little between pulses
+                # a tracked needle stays on its line, its ends move little between pulses and
+                # (rigid, advanced along itself) its visible length hardly changes
                 if det.found:
                     dn = np.asarray(det.tip_px) - np.asarray(det.tail_px)
                     same_dir = abs(float(dn @ d)) / max(float(np.hypot(*dn)) * L, 1e-9) > 0.98
                     near = min(np.hypot(*(np.asarray(det.tip_px) - self._tip)),
                                np.hypot(*(np.asarray(det.tail_px) - self._tip))) < self.gate_px
-                    if not (same_dir and near and det.found and abs(det.length_px - L) < 0.5 * L + 20.0):
+                    if not (same_dir and near and det.found and abs(det.length_px - L) < 0.25 * L + 10.0):
                         det = NOT_FOUND
+                if det.found:
+                    det = self._check_elsewhere(image, geometry, det, noise)
         if not det.found:
-            det = detect_needle(image, geometry, prior, self.needle_od_mm)
+            self._pending = []
+            det = detect_needle(image, geometry, prior, self.needle_od_mm, noise=noise)
         if not det.found:
             self._misses += 1
             if self._misses > 3:
@@ -888,7 +986,7 @@ class NeedleTracker:
         self._tail = tail
         # re-decide the tip end with the (possibly new) advance evidence
         if self.advance_direction is not None and float(self.advance_direction @ d) < 0:
-            det = detect_needle(image, geometry, self._prior(), self.needle_od_mm)
+            det = detect_needle(image, geometry, self._prior(), self.needle_od_mm, noise=noise)
             if det.found:
                 self._tip = np.asarray(det.tip_px, float)
                 self._tail = np.asarray(det.tail_px, float)
