@@ -8,8 +8,10 @@ live ``Session`` (AP with a needle being advanced, lateral with the needle, late
 traction) and the guidance is timed on them after a warm-up (JIT compilation excluded);
 medians over the frames, with the 95th percentile for the jitter of this shared machine.
 
-* ``needle track``     -- ``NeedleTracker.update`` in steady state (band search around the
-                          last needle; a full-frame search every 8th frame or on loss);
+* ``needle track``     -- ``NeedleTracker.update`` in steady state (the last needle's line
+                          refined in place; an end-on needle searched in a window around it;
+                          the whole-frame check for a stronger line elsewhere spread over two
+                          frames every 8th frame; a full search only on loss);
 * ``needle detect``    -- ``detect_needle`` on the whole frame (first frame, or lost);
 * ``levels``           -- ``detect_levels`` (vertebrae, endplates, names): once per C-arm pose;
 * ``interspace track`` -- ``InterspaceTracker.update`` in steady state (decompression);
