@@ -22,9 +22,16 @@ A spinal needle in a frame is a thin, dark, perfectly straight line. Detection:
    anatomy of a posterior (prone) approach: the tip is the anterior end, and in views along
    the AP axis, where anterior is along the beam, the cranial / medial end.
 
-``NeedleTracker`` runs detection per frame inside a band around the prediction (full-frame
-search on loss), and smooths tip and angle with an alpha-beta filter; a measurement far
-from the prediction restarts the track.
+6. **End-on needles** (a dark spot, the Laplacian's outstanding maximum): the spot's ends are
+   the half-maximum crossings of its contrast along its principal axis; a spot shorter than
+   ``END_ON_MM`` at the isocentre cannot tell its ends apart, and the tip is reported at its
+   centre (cue ``end-on centre``, no side confidence: within half the spot of the truth).
+
+``NeedleTracker`` refines the last needle's line in place each frame (the band's own Hough
+candidates only if that fails; an end-on spot is searched in a window around it), checks
+for a stronger line elsewhere every ``full_search_every`` frames (candidates collected on one
+frame, measured on the next), searches the whole frame on loss, and smooths the tip; a
+measurement far from the prediction restarts the track.
 """
 
 from __future__ import annotations
