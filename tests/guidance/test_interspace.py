@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from openfluoro.guidance.interspace import (POSITION_OFFSET_MM, InterspaceHeight, _plausible, centroid_lines,
+from openfluoro.guidance.interspace import (POSITION_OFFSET_MM, InterspaceHeight, _plausible, centroid_lines, sacral_wedge_bound,
                                             heights_of)
 from openfluoro.guidance.levels import ENDPLATE_INSET_MM, RefinedDisc, ViewFrame
 
@@ -60,3 +60,22 @@ def test_tracker_guard_rejects_a_turned_endplate():
     flipped = _rd(c, (-10.0, -0.04), (10.0, 0.04))
     assert _plausible(prev, opened)
     assert not _plausible(prev, flipped)
+
+
+def _plain(up, lo):
+    return RefinedDisc(np.array([0.0, 0.0]), np.array([1.0, 0.0]), np.array([0.0, 1.0]), up, lo, -30.0, 30.0, 1.0, 0.1)
+
+
+def test_sacral_line_turned_to_the_wedge_of_the_disc_above():
+    above = _plain((-10.0, 0.02), (10.0, -0.10))                    # wedge -0.12
+    flat = _plain((-10.0, 0.02), (10.0, 0.0))                       # wedge -0.02: sacral line too flat
+    out = dict(sacral_wedge_bound([("L4-L5", above), ("L5-S1", flat)]))
+    rd = out["L5-S1"]
+    assert rd.lower[1] - rd.upper[1] == pytest.approx(-0.12)
+    um = 0.5 * (rd.u_front + rd.u_back)
+    assert rd.lower[0] + rd.lower[1] * um == pytest.approx(flat.lower[0] + flat.lower[1] * um)   # middle kept
+    assert rd.upper == flat.upper
+    # wedged enough already, or no L4-L5 to compare with: unchanged
+    steep = _plain((-10.0, 0.02), (10.0, -0.2))
+    assert dict(sacral_wedge_bound([("L4-L5", above), ("L5-S1", steep)]))["L5-S1"] is steep
+    assert dict(sacral_wedge_bound([("L5-S1", flat)]))["L5-S1"] is flat

@@ -63,6 +63,12 @@ STEEPEST_OFFSET_MM = {"anterior": 0.5, "middle": 0.2, "posterior": -0.15}
 CENTROID_HALF_MM = 1.5
 #: the centroid lines are fitted from this far inside the body margins (rounded rims excluded)
 CENTROID_MARGIN_MM = 3.0
+#: the lumbosacral disc is at least as wedged (lordotic) as the one above it, less this much
+#: (radians between the endplate lines). The top of the sacrum is a weak, curved edge behind
+#: the iliac wings and its fitted line comes out too flat (anterior heights 2-3 mm short,
+#: posterior ones 3-4 mm long); where the wedge of L5-S1 is flatter than that of L4-L5, the
+#: sacral line is turned about the middle of the disc to this bound
+SACRAL_WEDGE_MARGIN = 0.0
 
 
 def _robust_line(u: np.ndarray, v: np.ndarray, w: np.ndarray, scale: float) -> tuple[float, float]:
@@ -202,8 +208,37 @@ def measure_interspaces(image: np.ndarray | None, geometry: Geometry, levels: Le
         return [heights_of(d.refined, levels.frame, d.name, P, STEEPEST_OFFSET_MM)
                 for d in levels.discs if d.refined is not None]
     norm = levels.frame.norm_image(np.asarray(image)).astype(np.float32)
-    return [heights_of(centroid_lines(norm, P, d.refined), levels.frame, d.name, P)
-            for d in levels.discs if d.refined is not None]
+    named = [(d.name, centroid_lines(norm, P, d.refined)) for d in levels.discs if d.refined is not None]
+    named = sacral_wedge_bound(named)
+    return [heights_of(rd, levels.frame, name, P) for name, rd in named]
+
+
+def _wedge(rd: RefinedDisc) -> float:
+    """Slope difference of the lines (lower minus upper); negative: wider at the front."""
+    return float(rd.lower[1] - rd.upper[1])
+
+
+def sacral_wedge_bound(discs: Sequence[tuple[str | None, RefinedDisc]]
+                       ) -> list[tuple[str | None, RefinedDisc]]:
+    """Turn the sacral line of L5-S1 about the middle of the disc where the disc is less wedged
+    than L4-L5 (``SACRAL_WEDGE_MARGIN``); the middle height is kept."""
+    out = list(discs)
+    by = {name: i for i, (name, _) in enumerate(out) if name}
+    if "L5-S1" not in by or "L4-L5" not in by:
+        return out
+    rd, above = out[by["L5-S1"]][1], out[by["L4-L5"]][1]
+    w_above = _wedge(above)
+    if w_above >= 0.0:                       # the disc above is not lordotic: no bound to use
+        return out
+    bound = w_above + SACRAL_WEDGE_MARGIN
+    if _wedge(rd) <= bound:
+        return out
+    um = 0.5 * (rd.u_front + rd.u_back)
+    ls = rd.upper[1] + bound
+    l0 = rd.lower[0] + rd.lower[1] * um - ls * um
+    out[by["L5-S1"]] = ("L5-S1", RefinedDisc(rd.c, rd.a, rd.n, rd.upper, (l0, ls), rd.u_front, rd.u_back,
+                                             rd.strength, rd.residual_px))
+    return out
 
 
 @dataclass(frozen=True)
@@ -304,4 +339,5 @@ class InterspaceTracker:
                     new_discs[i] = (name, cand)
                     self._misses[i] = 0
         self._discs = new_discs
-        return [heights_of(centroid_lines(norm, P, rd), vf, name, P) for name, rd in new_discs]
+        lines = sacral_wedge_bound([(name, centroid_lines(norm, P, rd)) for name, rd in new_discs])
+        return [heights_of(rd, vf, name, P) for name, rd in lines]
