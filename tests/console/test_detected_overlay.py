@@ -64,13 +64,13 @@ def _frames(patient):
 @pytest.fixture(scope="module")
 def drawn(patient):
     frames = _frames(patient)
-    src = DetectedOverlay()
+    src = DetectedOverlay(live=False)
     return [(f, src(f.image, f.geometry, f.ground_truth, ctx)) for f, ctx in frames], frames
 
 
 def test_reads_only_what_the_operator_knows(drawn):
     results, frames = drawn
-    src = DetectedOverlay()
+    src = DetectedOverlay(live=False)
     for (f, ctx), (_, prims) in zip(frames, results):
         assert src(f.image, f.geometry, _operator_view(f.ground_truth), ctx) == prims
 

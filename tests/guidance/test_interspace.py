@@ -79,3 +79,90 @@ def test_sacral_line_turned_to_the_wedge_of_the_disc_above():
     steep = _plain((-10.0, 0.02), (10.0, -0.2))
     assert dict(sacral_wedge_bound([("L4-L5", above), ("L5-S1", steep)]))["L5-S1"] is steep
     assert dict(sacral_wedge_bound([("L5-S1", flat)]))["L5-S1"] is flat
+
+
+def test_ray_obliquity_is_the_angle_of_the_ray_through_the_disc():
+    """Against the 3-D ray from the source to a point 50 mm cranial of the isocentre on a
+    lateral: its angle to the axial plane (the plane of a level disc)."""
+    from openfluoro.geometry.carm import CArmPose, Detector, Geometry
+    from openfluoro.guidance.interspace import obliquity_correction_mm, ray_obliquity
+    from openfluoro.guidance.levels import view_frame
+
+    g = Geometry(pose=CArmPose(primary_deg=90.0, sid_mm=1000.0, sod_mm=700.0), detector=Detector.square(512, 300.0))
+    point = np.array([0.0, 0.0, 50.0])
+    ray = point - np.asarray(g.pose.source_lps_mm, float)
+    tan_ref = abs(ray[2]) / float(np.hypot(ray[0], ray[1]))
+    vf = view_frame(g, (512, 512))
+    c = vf.to_norm(g.project(point))[0]
+    rd = RefinedDisc(c, np.array([1.0, 0.0]), np.array([0.0, 1.0]), (-8.0, 0.0), (8.0, 0.0), -40.0, 40.0, 1.0, 0.1)
+    assert ray_obliquity(g, vf, rd) == pytest.approx(tan_ref, rel=1e-3)
+    assert obliquity_correction_mm(0.01) == 0.0                     # near the central ray: nothing
+    assert 0.0 < obliquity_correction_mm(0.1) < obliquity_correction_mm(0.2) == obliquity_correction_mm(0.5)
+
+
+@pytest.fixture(scope="module")
+def lateral_frame():
+    from openfluoro.fluoro.session import Session
+    from openfluoro.geometry.carm import Detector
+    from openfluoro.scene.patient import patient_from_phantom
+    from openfluoro.scene.phantom import PhantomParams, cached_phantom
+
+    patient = patient_from_phantom(cached_phantom(PhantomParams(voxel_mm=1.5, seed=5, lordosis_deg=50.0)))
+    s = Session.for_patient(patient, detector=Detector.square(512, 300.0), seed=4)
+    s.move_table(tuple(-np.asarray(patient.landmarks["discs"]["L2-L3"]["centre"], float)))
+    s.set_view("lateral")
+    frame = s.run(0.2)[-1]
+    s.pedal_up()
+    return frame
+
+
+def test_tracker_refinds_a_lost_disc_around_where_it_was(lateral_frame, monkeypatch):
+    """Re-measurement failing (occlusion) for two frames: the disc is searched again around its
+    held lines, one disc per frame, without a whole-frame detection."""
+    from openfluoro.guidance import interspace as I
+
+    f = lateral_frame
+    tr = I.InterspaceTracker()
+    first = {h.name: h for h in tr.update(f.image, f.geometry)}
+    assert len(first) >= 2
+
+    def no_full_detection(*a, **k):
+        raise AssertionError("detect_levels called while tracking")
+
+    monkeypatch.setattr(I, "detect_levels", no_full_detection)
+    monkeypatch.setattr(I, "remeasure_disc", lambda *a, **k: None)
+    tr.update(f.image, f.geometry)
+    assert all(m == 1 for m in tr._misses)
+    again = {h.name: h for h in tr.update(f.image, f.geometry)}
+    assert sorted(tr._misses).count(0) == 1                           # one disc re-found this frame
+    for name, h in again.items():                                     # same image: same heights
+        assert h.middle_mm == pytest.approx(first[name].middle_mm, abs=0.3), name
+
+
+def test_a_pose_without_interspaces_is_searched_again_only_now_and_then(monkeypatch):
+    """A frame with no spine in it: the whole-frame detection (~60 ms) is not repeated on
+    every frame, by the interspace tracker nor by the puncture guide."""
+    from openfluoro.geometry.carm import CArmPose, Detector, Geometry
+    from openfluoro.guidance import interspace as I
+    from openfluoro.guidance import puncture as PG
+    from openfluoro.guidance.levels import LevelResult, detect_levels, view_frame
+
+    g = Geometry(pose=CArmPose(primary_deg=90.0), detector=Detector.square(256, 300.0))
+    blank = np.full((256, 256), 100.0, np.float32)
+    calls = []
+
+    def counted(image, geometry):
+        calls.append(1)
+        return LevelResult("lateral", (), (), "none", 0.0, view_frame(geometry, image.shape))
+
+    monkeypatch.setattr(I, "detect_levels", counted)
+    tr = I.InterspaceTracker()
+    assert all(tr.update(blank, g) == [] for _ in range(16))
+    assert len(calls) == 2                                             # frames 1 and 9
+    calls.clear()
+    monkeypatch.setattr(PG, "detect_levels", counted)
+    guide = PG.PunctureGuide("L3-L4")
+    for _ in range(16):
+        guide.update(blank, g)
+    assert len(calls) == 2
+    assert detect_levels(blank, g).discs == ()                         # what the stand-in stands for

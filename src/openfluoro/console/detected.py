@@ -19,7 +19,10 @@ patient's thecal sac when the CT's labels or the phantom provide it. Nothing els
 frame's ground truth is read.
 
 Each stream of frames needs its own state (trackers, baseline): the console calls
-``fresh()`` for replays and cine exports so they never disturb the live trackers.
+``fresh()`` for replays and cine exports so they never disturb the live trackers. A live
+stream detects the levels of a new C-arm pose in the background (``BackgroundLevels``: the
+frame path keeps the pace of the pulses, the labels follow a frame or two later); a cine
+export (``fresh(live=False)``) detects them in line so that every exported frame has them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 from openfluoro.console.overlay import (COLOR_ALERT, COLOR_CALIPER, COLOR_LEVEL, COLOR_NEEDLE, COLOR_TARGET,
                                         OverlayContext, Primitive)
 from openfluoro.geometry.carm import Geometry
+from openfluoro.guidance.background import BackgroundLevels
 from openfluoro.guidance.decompression import DecompressionMonitor
 from openfluoro.guidance.interspace import InterspaceHeight, InterspaceTracker
 from openfluoro.guidance.levels import LevelResult, detect_levels, view_frame
@@ -55,20 +59,21 @@ def _r(p) -> list[float]:
 class DetectedOverlay:
     """Overlay source built on the guidance detectors (one instance per stream of frames)."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: bool = True) -> None:
+        self._background = BackgroundLevels() if live else None
         self._guide: PunctureGuide | None = None
         self._plan: _Plan | None = None
         self._patient: Any = None
-        self._heights = InterspaceTracker()
+        self._heights = InterspaceTracker(background=self._background)
         self._baseline: list[list[InterspaceHeight]] = []
         self._monitor: DecompressionMonitor | None = None
         self._planned_mm = 0.0
         self._lateral_geometry: Geometry | None = None
         self._still: tuple[Geometry, LevelResult] | None = None
 
-    def fresh(self) -> "DetectedOverlay":
-        """A new source with no state, for another stream (replay, export)."""
-        return DetectedOverlay()
+    def fresh(self, live: bool = True) -> "DetectedOverlay":
+        """A new source with no state, for another stream (a replay; ``live=False``: an export)."""
+        return DetectedOverlay(live=live)
 
     # ------------------------------------------------------------------ state
     def _guide_for(self, ctx: OverlayContext) -> PunctureGuide | None:
@@ -78,7 +83,7 @@ class DetectedOverlay:
             return None
         if self._guide is None or plan != self._plan or ctx.patient is not self._patient:
             self._guide = PunctureGuide(plan.level or "L3-L4", patient=ctx.patient,
-                                        target_lps_mm=plan.target_lps_mm)
+                                        target_lps_mm=plan.target_lps_mm, background=self._background)
             self._plan, self._patient = plan, ctx.patient
         return self._guide
 
@@ -102,8 +107,10 @@ class DetectedOverlay:
             self._planned_mm = set_point_mm
         return heights, self._monitor.update(heights)
 
-    def _levels_at(self, image: np.ndarray, geometry: Geometry) -> LevelResult:
+    def _levels_at(self, image: np.ndarray, geometry: Geometry) -> LevelResult | None:
         """Levels of a view with neither needle nor traction: detected once per C-arm pose."""
+        if self._background is not None:
+            return self._background.get(image, geometry)
         if self._still is None or self._still[0] != geometry:
             self._still = (geometry, detect_levels(image, geometry))
         return self._still[1]

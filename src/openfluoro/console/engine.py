@@ -23,6 +23,7 @@ from the engine's threads; the web server forwards them to its WebSocket clients
 from __future__ import annotations
 
 import datetime
+import inspect
 import itertools
 import json
 import shutil
@@ -60,10 +61,14 @@ Message = tuple  # ("json", dict) | ("frame", dict, bytes)
 Listener = Callable[[Message], None]
 
 
-def _fresh(source: OverlaySource | None) -> OverlaySource | None:
-    """A stateless copy of an overlay source for another stream of frames (or the source itself)."""
+def _fresh(source: OverlaySource | None, live: bool = True) -> OverlaySource | None:
+    """A stateless copy of an overlay source for another stream of frames (or the source itself);
+    ``live=False`` for a stream processed faster than real time (a cine export), passed on to
+    a ``fresh`` that takes it."""
     fresh = getattr(source, "fresh", None)
-    return fresh() if callable(fresh) else source
+    if not callable(fresh):
+        return source
+    return fresh(live=live) if "live" in inspect.signature(fresh).parameters else fresh()
 
 
 class ConsoleError(RuntimeError):
@@ -790,7 +795,7 @@ class Console:
         if rdsr:
             written.append(export_rdsr(loaded, out / "dicom", context=ctx, images=images))
         if formats:
-            context, source, guided = self.context, _fresh(self.overlay_source), self.overlay_enabled
+            context, source, guided = self.context, _fresh(self.overlay_source, live=False), self.overlay_enabled
 
             def overlay(image, meta, n, summary):
                 raw = np.asarray(image)

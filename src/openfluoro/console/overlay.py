@@ -18,7 +18,9 @@ The overlay *source* is a callable ``(image, geometry, ground_truth, context) ->
 primitives``: the frame's uint8 pixels, its imaging geometry, its ground truth and an
 ``OverlayContext``; it is called once per frame, in acquisition order, so a source may keep
 state (a needle tracker); a source with a ``fresh()`` method is asked for a new instance for
-each other stream (a replay, a cine export) so those never disturb its live state. Two
+each other stream (a replay, a cine export) so those never disturb its live state
+(``fresh(live=False)`` where the method takes ``live``: a cine export, processed faster than
+real time, which wants every frame complete rather than the frame path kept short). Two
 sources exist: ``detected.DetectedOverlay`` (the console's default) draws what the guidance
 detectors find in the pixels; ``ground_truth_source`` ignores the pixels and draws the
 simulator's ground truth (needle tip and hub, CSF return, disc heights) and the patient's

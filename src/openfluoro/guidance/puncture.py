@@ -31,7 +31,8 @@ import numpy as np
 from openfluoro.geometry.carm import Geometry
 from openfluoro.guidance.depth import Needle3D, SacDistance, SacModel, distance_to_sac, epipolar_line, needle_from_views
 from openfluoro.guidance.interspace import px_per_mm_at_isocentre
-from openfluoro.guidance.levels import LevelResult, detect_levels, transfer_names
+from openfluoro.guidance.background import RETRY_EMPTY_FRAMES, BackgroundLevels, pose_key
+from openfluoro.guidance.levels import LevelResult, detect_levels, transfer_names, view_frame
 from openfluoro.guidance.needle import NOT_FOUND, NeedleDetection, NeedleTracker
 
 #: canal depth behind the posterior body line assumed to reach the laminae (mm)
@@ -73,12 +74,7 @@ class _PoseState:
     tracker: NeedleTracker
     levels: LevelResult | None = None
     last: NeedleDetection = field(default_factory=lambda: NOT_FOUND)
-
-
-def _pose_key(g: Geometry) -> tuple:
-    p = g.pose
-    return (round(p.primary_deg, 3), round(p.secondary_deg, 3), round(p.sid_mm, 2), round(p.sod_mm, 2),
-            tuple(round(v, 2) for v in p.isocentre_lps_mm), g.detector)
+    frames_since_detection: int = 0
 
 
 def _point_line_distance(p, a, d) -> float:
@@ -91,7 +87,11 @@ class PunctureGuide:
     """Guidance for one lumbar puncture at ``target_level`` (e.g. "L3-L4")."""
 
     def __init__(self, target_level: str = "L3-L4", patient: Any = None, target_lps_mm: Sequence[float] | None = None,
-                 midline_tol_mm: float = 5.0, window_half_width_mm: float = 8.0) -> None:
+                 midline_tol_mm: float = 5.0, window_half_width_mm: float = 8.0,
+                 background: BackgroundLevels | None = None) -> None:
+        """``background``: detect the levels of a new C-arm pose off the frame path (live
+        sessions); without it they are detected in line on the pose's first frame."""
+        self._background = background
         self.target_level = target_level
         self.target_lps_mm = None if target_lps_mm is None else np.asarray(target_lps_mm, float)
         self.sac = SacModel(patient) if patient is not None else None
@@ -102,13 +102,23 @@ class PunctureGuide:
         self.csf_return = False
 
     def _state(self, image: np.ndarray, geometry: Geometry) -> _PoseState:
-        key = _pose_key(geometry)
+        key = pose_key(geometry)
         st = self._poses.get(key)
         if st is None:
             st = _PoseState(geometry, NeedleTracker())
             self._poses[key] = st
-        if st.levels is None or not st.levels.discs:
+        st.frames_since_detection += 1
+        if self._background is not None:
+            if st.levels is None or not st.levels.discs:
+                found = self._background.peek(geometry)           # requested at the end of update
+                if found is not None and found is not st.levels:
+                    st.levels = found
+                    mid = self._midline(found)
+                    if mid is not None:
+                        st.tracker.midline_px, st.tracker.midline_dir = mid
+        elif st.levels is None or (not st.levels.discs and st.frames_since_detection >= RETRY_EMPTY_FRAMES):
             st.levels = detect_levels(image, geometry)
+            st.frames_since_detection = 0
             mid = self._midline(st.levels)
             if mid is not None:
                 st.tracker.midline_px, st.tracker.midline_dir = mid
@@ -116,7 +126,7 @@ class PunctureGuide:
 
     def levels_at(self, geometry: Geometry) -> LevelResult | None:
         """The levels detected at this C-arm pose (None before its first frame)."""
-        st = self._poses.get(_pose_key(geometry))
+        st = self._poses.get(pose_key(geometry))
         return None if st is None else st.levels
 
     @staticmethod
@@ -132,7 +142,7 @@ class PunctureGuide:
     def update(self, image: np.ndarray, geometry: Geometry, events: Sequence[str] = ()) -> PunctureStatus:
         st = self._state(image, geometry)
         levels = st.levels
-        view = levels.view if levels is not None else "ap"
+        view = levels.view if levels is not None else view_frame(geometry, np.shape(image)).kind
         if view == "ap" and levels is not None:
             # names from a lateral of the same patient position, when there is one (more reliable)
             lat = next((o for o in self._poses.values() if o.levels is not None and o.levels.view == "lateral"
@@ -240,5 +250,7 @@ class PunctureGuide:
             warnings.append(f"needle at {tip_level}, target {self.target_level}")
         if not det.found:
             messages.append("needle not found")
+        if self._background is not None and (st.levels is None or not st.levels.discs):
+            self._background.request(image, geometry)     # after this frame's own work
         return PunctureStatus(self.target_level, view, det, tip_level, on_level, in_window, off_mid, heading, n3,
                               dist_target, sacd, self.csf_return, target_px, tuple(warnings), tuple(messages))
