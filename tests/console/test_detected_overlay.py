@@ -105,3 +105,33 @@ def test_traction_progress_measured(drawn):
     assert truth == pytest.approx(1.0)
     assert bar["value"] == pytest.approx(truth, abs=0.35)
     assert bar["text"].startswith("reached")
+
+
+def test_traction_with_a_needle_in(patient):
+    """Traction started on a lateral with the needle in (the console's usual order): the
+    baseline is measured on the laterals before it, and the needle's tip stays on the needle
+    (not on an endplate's cortical line) while the vertebrae move."""
+    from openfluoro.fluoro.session import Session
+
+    s = Session.for_patient(patient, detector=Detector.square(512, 300.0), seed=5)
+    lm = patient.landmarks
+    iso = np.asarray(s.pose.isocentre_lps_mm, float)
+    s.move_table(tuple(iso - np.asarray(lm["discs"]["L3-L4"]["centre"], float)))
+    s.set_pulse_rate(7.5)
+    plan = lm["needle"]["L3-L4"]
+    s.set_view("lateral")
+    s.insert_needle(plan["entry"], plan["target"],
+                    depth_mm=0.7 * float(np.linalg.norm(np.subtract(plan["target"], plan["entry"]))))
+    ctx = OverlayContext(spine=s.spine, patient=patient, needle_target_lps_mm=tuple(plan["target"]),
+                         needle_level="L3-L4")
+    frames = s.run(0.6)
+    s.set_traction(distraction_mm=2.0, ramp_mm_per_s=4.0)
+    frames += s.run(1.2)
+    s.pedal_up()
+    src = DetectedOverlay(live=False)
+    drawn = [src(f.image, f.geometry, _operator_view(f.ground_truth), ctx) for f in frames]
+    assert any(q["kind"] == "progress" for q in drawn[-1])
+    k = 1.0 / px_per_mm_at_isocentre(frames[-1].geometry)
+    for f, prims in zip(frames, drawn):
+        tip = next(q for q in prims if q["kind"] == "marker" and q.get("shape") == "circle")
+        assert np.hypot(*(np.asarray(tip["at"]) - f.ground_truth["needle"]["tip_px"])) * k < 2.0

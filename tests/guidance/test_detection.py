@@ -54,6 +54,27 @@ def test_needle_tip_on_synthetic_frames(angle_deg):
     assert abs(abs(math.degrees(math.atan2(d[1], d[0]))) - abs(math.degrees(math.atan2(-math.sin(a), -math.cos(a))))) < 2.0
 
 
+def test_a_line_along_an_excluded_endplate_is_not_the_needle():
+    """A sharp cortical endplate line in front of a fainter needle: without the endplates the
+    stronger line wins; with them the needle behind the bodies is found (its drawn tip)."""
+    g = _lateral_geometry()
+    tip = np.array([330.0, 298.0])
+    tail = np.array([470.0, 312.0])
+    img = _draw_needle(_background(11), tail, tip, depth=60.0)
+    img = _draw_needle(img, (290.0, 262.0), (200.0, 262.0), depth=110.0)      # the endplate's cortex
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    plain = detect_needle(img, g, needle_od_mm=0.01)
+    assert plain.found and abs(plain.tip_px[1] - 262.0) < 3.0                # the stronger line
+    # the detected endplate 4 mm off the cortex line (traction moved it since its detection)
+    endplate = [((195.0, 262.0 + 4.0 * 2.4), (295.0, 262.0 + 4.0 * 2.4))]
+    det = detect_needle(img, g, needle_od_mm=0.01, exclude_segments=endplate)
+    assert det.found and np.hypot(*(np.asarray(det.tip_px) - tip)) < 1.5
+    tr = NeedleTracker(needle_od_mm=0.01, exclude_segments=endplate)
+    for _ in range(3):
+        det = tr.update(img, g)
+    assert np.hypot(*(np.asarray(det.tip_px) - tip)) < 1.5
+
+
 def test_no_needle_no_detection():
     g = _lateral_geometry()
     img = np.clip(_background(7), 0, 255).astype(np.uint8)

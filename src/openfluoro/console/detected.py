@@ -135,10 +135,14 @@ class DetectedOverlay:
             levels = guide.levels_at(geometry)
         heights: list[InterspaceHeight] = []
         result = None
-        if kind == "lateral" and (set_point_mm > 0 or guide is None):
+        if kind == "lateral":
+            # measured on every lateral, so that a baseline exists when traction starts with a
+            # needle in; shown as calipers during traction or when there is no needle
             heights, result = self._traction(image, geometry, set_point_mm)
             if levels is None:
                 levels = self._heights.levels
+            if guide is not None and set_point_mm <= 0:
+                heights = []
         if levels is None:
             levels = self._levels_at(image, geometry)
         out += self._levels(levels, scale, heights)

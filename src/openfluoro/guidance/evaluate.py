@@ -39,7 +39,7 @@ from openfluoro.guidance.cases import CaseRecord, FrameRecord, case_patient, mak
 from openfluoro.guidance.decompression import DecompressionMonitor
 from openfluoro.guidance.depth import SacModel, distance_to_sac, epipolar_line, needle_from_views
 from openfluoro.guidance.interspace import InterspaceTracker, measure_interspaces, px_per_mm_at_isocentre
-from openfluoro.guidance.levels import LevelResult, detect_levels, transfer_names
+from openfluoro.guidance.levels import LevelResult, detect_levels, endplate_segments, transfer_names
 from openfluoro.guidance.needle import NeedleDetection, NeedleTracker
 
 MATCH_MM = 8.0
@@ -137,11 +137,12 @@ def score_heights(heights, fr: FrameRecord) -> list[dict]:
 
 
 def _needle_run(frames: list[FrameRecord], scores: Scores, case: int, view: str,
-                midline=None, epipolar=None) -> tuple[NeedleDetection | None, Geometry | None]:
+                midline=None, epipolar=None, exclude=()) -> tuple[NeedleDetection | None, Geometry | None]:
     tr = NeedleTracker()
     if midline is not None:
         tr.midline_px, tr.midline_dir = midline
     tr.epipolar_line = epipolar
+    tr.exclude_segments = list(exclude)
     last = None
     geo = None
     for fr in frames:
@@ -210,7 +211,8 @@ def evaluate_case(rec: CaseRecord, scores: Scores, patient=None) -> None:
     # needle: AP run, then lateral run (epipolar of the AP tip is no help for a long lateral
     # needle, so only the tracker and anatomy decide there)
     det_ap, g_ap = _needle_run(ap, scores, case, "ap", _midline(lv_ap) if lv_ap is not None else None)
-    det_lat, g_lat = _needle_run(lat, scores, case, "lateral")
+    det_lat, g_lat = _needle_run(lat, scores, case, "lateral",
+                                 exclude=endplate_segments(lv_lat) if lv_lat is not None else ())
     # depth from the last AP and lateral frames (the needle did not move in between)
     if det_ap is not None and det_lat is not None:
         scores.depth.append(score_depth(det_ap, g_ap, det_lat, g_lat, lat[-1], case, patient))
@@ -557,6 +559,7 @@ def _evaluate_ct_case(rec: CaseRecord, scores: Scores, case: int) -> None:
         if res is not None and fr is not None:
             scores.level.append({"case": case, **score_levels(res, fr, target)})
     det_ap, g_ap = _needle_run(ap, scores, case, "ap", _midline(lv_ap) if lv_ap is not None else None)
-    det_lat, g_lat = _needle_run(lat, scores, case, "lateral")
+    det_lat, g_lat = _needle_run(lat, scores, case, "lateral",
+                                 exclude=endplate_segments(lv_lat) if lv_lat is not None else ())
     if det_ap is not None and det_lat is not None:
         scores.depth.append(score_depth(det_ap, g_ap, det_lat, g_lat, lat[-1], case))

@@ -945,6 +945,11 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
     return LevelResult(vf.kind, tuple(discs), tuple(_vertebrae(discs)), anchor, conf, vf, axis_px=axis_px)
 
 
+def endplate_segments(levels: LevelResult) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """The detected endplates of a frame as image segments (p0, p1), px."""
+    return [(e.p0, e.p1) for d in levels.discs if not d.predicted for e in (d.upper, d.lower) if e is not None]
+
+
 def _refine_near(norm: np.ndarray, vf: ViewFrame, cn, c: DiscCandidate, rd: "RefinedDisc | None",
                  cands: list[DiscCandidate]) -> "RefinedDisc | None":
     """Endplates for a heat-map interspace: the refinement from its peak if it stays within

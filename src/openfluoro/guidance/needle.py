@@ -66,6 +66,13 @@ MIN_CNR = 5.0
 #: an end-on spot shorter than this (mm at the isocentre) has no telling ends: tip at its centre
 END_ON_MM = 4.0
 MIN_CONTRAST = 15.0
+#: a line within this distance (both ends, mm at the isocentre) and angle of an excluded
+#: segment, beside it for half its length, lies along it (``_lies_along``). For the endplates
+#: of a lateral (detected once per pose) the distance covers traction, which moves the upper
+#: lumbar endplates by up to ~10 mm meanwhile: in effect, a line beside the vertebral bodies
+#: (not behind them, where a lumbar-puncture needle runs) and along their endplates
+EXCLUDE_TOL_MM = 12.0
+EXCLUDE_ANGLE_DEG = 6.0
 
 
 @dataclass(frozen=True)
@@ -717,11 +724,36 @@ def _blob_extent(sm: np.ndarray, line: _Line, reach: float = 24.0) -> tuple[floa
     return out[0], out[1]
 
 
+def _lies_along(seg: _Line, segments: Sequence, tol_px: float) -> bool:
+    """Whether ``seg`` runs along one of ``segments`` ((p0, p1) image px): within
+    ``EXCLUDE_ANGLE_DEG`` of its direction, both ends within ``tol_px`` of its line and at least
+    half of its length beside it."""
+    a, b = seg.p0 + seg.t0 * seg.d, seg.p0 + seg.t1 * seg.d
+    length = max(float(np.hypot(*(b - a))), 1e-9)
+    for p0, p1 in segments:
+        q0, q1 = np.asarray(p0, float), np.asarray(p1, float)
+        e = q1 - q0
+        n = float(np.hypot(*e))
+        if n < 1e-9:
+            continue
+        e = e / n
+        if abs(float(seg.d[0] * e[1] - seg.d[1] * e[0])) > math.sin(math.radians(EXCLUDE_ANGLE_DEG)):
+            continue
+        nrm = np.array([-e[1], e[0]])
+        if abs(float((a - q0) @ nrm)) > tol_px or abs(float((b - q0) @ nrm)) > tol_px:
+            continue
+        ta, tb = sorted((float((a - q0) @ e), float((b - q0) @ e)))
+        if min(tb, n) - max(ta, 0.0) >= 0.5 * length:
+            return True
+    return False
+
+
 def _evaluate(img: np.ndarray, cands: list[_Line], noise: float, min_len: float, t_range_of=None,
-              prune: float = 0.0) -> _Line | None:
+              prune: float = 0.0, exclude: Sequence = (), exclude_tol_px: float = 0.0) -> _Line | None:
     """Refine and segment the candidate lines; the best needle-like segment or None. With
     ``prune`` > 0, candidates whose first-pass score is below ``prune`` x the best final score
-    are not refined a second time."""
+    are not refined a second time. A segment lying along one of ``exclude`` (anatomy known
+    not to be the needle: detected endplates) is not a needle."""
     rows, cols = img.shape
     first: list[_Line] = []
     for ln in cands:
@@ -737,6 +769,8 @@ def _evaluate(img: np.ndarray, cands: list[_Line], noise: float, min_len: float,
         if seg is None:
             continue
         if seg.width > MAX_WIDTH_RATIO + 0.15 or seg.cnr < 0.7 * MIN_CNR:
+            continue
+        if exclude and _lies_along(seg, exclude, exclude_tol_px):
             continue
         first.append(seg)
     first.sort(key=lambda sg: -sg.score)
@@ -767,14 +801,17 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
                   needle_od_mm: float = DEFAULT_NEEDLE_OD_MM, roi: tuple | None = None,
                   min_length_mm: float = 4.0, n_candidates: int = 4,
                   foreshortening: float | None = None, noise: float | None = None,
-                  window: tuple | None = None, blob_min_peak: float | None = None) -> NeedleDetection:
+                  window: tuple | None = None, blob_min_peak: float | None = None,
+                  exclude_segments: Sequence = ()) -> NeedleDetection:
     """Find the needle in one frame. ``roi`` = (point, direction[, t0, t1]) restricts the
     search to a band around a predicted line (tracking), and along it to ``ROI_MARGIN_PX``
     beyond the segment [t0, t1] (measured from ``point`` along ``direction``): the predicted
     line itself is refined first, the band's own candidate lines only if it shows no needle.
     ``noise``: the frame's pixel-noise SD when already known. ``window`` = (r0, r1, c0, c1):
     search only there (tracking an end-on needle), a spot counting when its Laplacian reaches
-    ``blob_min_peak``."""
+    ``blob_min_peak``. ``exclude_segments``: straight anatomy known not to be the needle
+    ((p0, p1) image px: the endplates of a lateral, whose dark cortical lines run the way a
+    lumbar-puncture needle does); a line lying along one is passed over."""
     img = np.ascontiguousarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"detect_needle: expected a 2-D grey image, got shape {image.shape}")
@@ -783,6 +820,7 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
         noise = F.noise_sigma(image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else img)
     px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
     min_len = min_length_mm * px_per_mm
+    excl = {"exclude": exclude_segments, "exclude_tol_px": EXCLUDE_TOL_MM * px_per_mm}
     roi_line = None
     t_range_of = None
     best = None
@@ -796,13 +834,13 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
             def t_range_of(ln):
                 ts_ = sorted(float((e - ln.p0) @ ln.d) for e in ends)
                 return ts_[0] - ROI_MARGIN_PX, ts_[1] + ROI_MARGIN_PX
-            best = _evaluate(img, [_Line(roi_line.p0.copy(), roi_line.d.copy())], noise, min_len, t_range_of)
+            best = _evaluate(img, [_Line(roi_line.p0.copy(), roi_line.d.copy())], noise, min_len, t_range_of, **excl)
         n_candidates = min(n_candidates, 2)
     if window is not None:
         n_candidates = min(n_candidates, 2)
     if best is None:
         cands = _candidates(img, mask, n_candidates, roi_line, blobs=blobs, box=window, blob_min_peak=blob_min_peak)
-        best = _evaluate(img, cands, noise, min_len, t_range_of, prune=0.5)
+        best = _evaluate(img, cands, noise, min_len, t_range_of, prune=0.5, **excl)
     blob = blobs[0] if blobs else None
     if blob is not None and best is not None:
         # the blob wins over a line it is not part of when it is much darker than the line
@@ -853,6 +891,8 @@ class NeedleTracker:
     advance_evidence_px: float = 4.0
     use_roi: bool = True
     full_search_every: int = 8
+    #: straight anatomy at this pose that is not the needle (``detect_needle``'s ``exclude_segments``)
+    exclude_segments: list = field(default_factory=list)
     _geometry: Geometry | None = None
     _tip: np.ndarray | None = None
     _tail: np.ndarray | None = None
@@ -896,9 +936,10 @@ class NeedleTracker:
         if pending:
             px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
             img = np.ascontiguousarray(image, dtype=np.float32)
-            other = _evaluate(img, pending, noise, 4.0 * px_per_mm, prune=0.5)
+            other = _evaluate(img, pending, noise, 4.0 * px_per_mm, prune=0.5, exclude=self.exclude_segments,
+                              exclude_tol_px=EXCLUDE_TOL_MM * px_per_mm)
             if other is not None and other.score > 1.2 * det.score:
-                full = detect_needle(image, geometry, self._prior(), self.needle_od_mm, noise=noise)
+                full = detect_needle(image, geometry, self._prior(), self.needle_od_mm, exclude_segments=self.exclude_segments, noise=noise)
                 if full.found:
                     return full
             return det
@@ -925,7 +966,7 @@ class NeedleTracker:
             assert self._tip is not None and self._tail is not None
             c = 0.5 * (self._tip + self._tail)
             h = 40.0 + 0.5 * float(np.hypot(*(self._tip - self._tail)))
-            det = detect_needle(image, geometry, prior, self.needle_od_mm, noise=noise,
+            det = detect_needle(image, geometry, prior, self.needle_od_mm, exclude_segments=self.exclude_segments, noise=noise,
                                 window=(c[1] - h, c[1] + h + 1, c[0] - h, c[0] + h + 1),
                                 blob_min_peak=0.4 * self.last.score)
             if det.found and (not det.tip_cue.startswith("end-on") or
@@ -936,7 +977,7 @@ class NeedleTracker:
             d = self._tip - self._tail
             L = float(np.hypot(*d))
             if L > 12.0:
-                det = detect_needle(image, geometry, prior, self.needle_od_mm, noise=noise,
+                det = detect_needle(image, geometry, prior, self.needle_od_mm, exclude_segments=self.exclude_segments, noise=noise,
                                     roi=(self._tail, d / L, 0.0, L))
                 # a tracked needle stays on its line, its ends move little between pulses and
                 # (rigid, advanced along itself) its visible length hardly changes
@@ -951,7 +992,7 @@ class NeedleTracker:
                     det = self._check_elsewhere(image, geometry, det, noise)
         if not det.found:
             self._pending = []
-            det = detect_needle(image, geometry, prior, self.needle_od_mm, noise=noise)
+            det = detect_needle(image, geometry, prior, self.needle_od_mm, exclude_segments=self.exclude_segments, noise=noise)
         if not det.found:
             self._misses += 1
             if self._misses > 3:
@@ -993,7 +1034,7 @@ class NeedleTracker:
         self._tail = tail
         # re-decide the tip end with the (possibly new) advance evidence
         if self.advance_direction is not None and float(self.advance_direction @ d) < 0:
-            det = detect_needle(image, geometry, self._prior(), self.needle_od_mm, noise=noise)
+            det = detect_needle(image, geometry, self._prior(), self.needle_od_mm, exclude_segments=self.exclude_segments, noise=noise)
             if det.found:
                 self._tip = np.asarray(det.tip_px, float)
                 self._tail = np.asarray(det.tail_px, float)

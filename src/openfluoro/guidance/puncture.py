@@ -32,7 +32,7 @@ from openfluoro.geometry.carm import Geometry
 from openfluoro.guidance.depth import Needle3D, SacDistance, SacModel, distance_to_sac, epipolar_line, needle_from_views
 from openfluoro.guidance.interspace import px_per_mm_at_isocentre
 from openfluoro.guidance.background import RETRY_EMPTY_FRAMES, BackgroundLevels, pose_key
-from openfluoro.guidance.levels import LevelResult, detect_levels, transfer_names, view_frame
+from openfluoro.guidance.levels import LevelResult, detect_levels, endplate_segments, transfer_names, view_frame
 from openfluoro.guidance.needle import NOT_FOUND, NeedleDetection, NeedleTracker
 
 #: canal depth behind the posterior body line assumed to reach the laminae (mm)
@@ -112,17 +112,21 @@ class PunctureGuide:
             if st.levels is None or not st.levels.discs:
                 found = self._background.peek(geometry)           # requested at the end of update
                 if found is not None and found is not st.levels:
-                    st.levels = found
-                    mid = self._midline(found)
-                    if mid is not None:
-                        st.tracker.midline_px, st.tracker.midline_dir = mid
+                    self._adopt(st, found)
         elif st.levels is None or (not st.levels.discs and st.frames_since_detection >= RETRY_EMPTY_FRAMES):
-            st.levels = detect_levels(image, geometry)
+            self._adopt(st, detect_levels(image, geometry))
             st.frames_since_detection = 0
-            mid = self._midline(st.levels)
-            if mid is not None:
-                st.tracker.midline_px, st.tracker.midline_dir = mid
         return st
+
+    def _adopt(self, st: _PoseState, levels: LevelResult) -> None:
+        """The levels of a pose, and what its needle tracker learns from them: the midline (AP)
+        and the endplates, which are not the needle (lateral)."""
+        st.levels = levels
+        mid = self._midline(levels)
+        if mid is not None:
+            st.tracker.midline_px, st.tracker.midline_dir = mid
+        if levels.view == "lateral":
+            st.tracker.exclude_segments = endplate_segments(levels)
 
     def levels_at(self, geometry: Geometry) -> LevelResult | None:
         """The levels detected at this C-arm pose (None before its first frame)."""
