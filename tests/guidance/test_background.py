@@ -3,31 +3,13 @@ the in-line detection's, and a puncture guide takes it up when it is there."""
 
 import threading
 
-import numpy as np
-import pytest
-
-from openfluoro.geometry.carm import Detector
 from openfluoro.guidance import background as BG
 from openfluoro.guidance.levels import detect_levels
 from openfluoro.guidance.puncture import PunctureGuide
 
 
-@pytest.fixture(scope="module")
-def frame():
-    from openfluoro.fluoro.session import Session
-    from openfluoro.scene.patient import patient_from_phantom
-    from openfluoro.scene.phantom import PhantomParams, cached_phantom
-
-    patient = patient_from_phantom(cached_phantom(PhantomParams(voxel_mm=1.5, seed=5, lordosis_deg=50.0)))
-    s = Session.for_patient(patient, detector=Detector.square(512, 300.0), seed=4)
-    s.move_table(tuple(-np.asarray(patient.landmarks["discs"]["L2-L3"]["centre"], float)))
-    s.set_view("lateral")
-    f = s.run(0.2)[-1]
-    s.pedal_up()
-    return f
-
-
-def test_first_frame_does_not_wait_and_the_result_is_the_in_line_one(frame, monkeypatch):
+def test_first_frame_does_not_wait_and_the_result_is_the_in_line_one(lateral_frame, monkeypatch):
+    frame = lateral_frame
     gate = threading.Event()
 
     def held(image, geometry):                # a detection that cannot finish until released
@@ -49,7 +31,8 @@ def test_first_frame_does_not_wait_and_the_result_is_the_in_line_one(frame, monk
         bg.close()
 
 
-def test_puncture_guide_takes_up_the_levels_when_they_arrive(frame):
+def test_puncture_guide_takes_up_the_levels_when_they_arrive(lateral_frame):
+    frame = lateral_frame
     bg = BG.BackgroundLevels()
     try:
         guide = PunctureGuide("L2-L3", background=bg)

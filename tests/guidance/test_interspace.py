@@ -100,22 +100,6 @@ def test_ray_obliquity_is_the_angle_of_the_ray_through_the_disc():
     assert 0.0 < obliquity_correction_mm(0.1) < obliquity_correction_mm(0.2) == obliquity_correction_mm(0.5)
 
 
-@pytest.fixture(scope="module")
-def lateral_frame():
-    from openfluoro.fluoro.session import Session
-    from openfluoro.geometry.carm import Detector
-    from openfluoro.scene.patient import patient_from_phantom
-    from openfluoro.scene.phantom import PhantomParams, cached_phantom
-
-    patient = patient_from_phantom(cached_phantom(PhantomParams(voxel_mm=1.5, seed=5, lordosis_deg=50.0)))
-    s = Session.for_patient(patient, detector=Detector.square(512, 300.0), seed=4)
-    s.move_table(tuple(-np.asarray(patient.landmarks["discs"]["L2-L3"]["centre"], float)))
-    s.set_view("lateral")
-    frame = s.run(0.2)[-1]
-    s.pedal_up()
-    return frame
-
-
 def test_tracker_refinds_a_lost_disc_around_where_it_was(lateral_frame, monkeypatch):
     """Re-measurement failing (occlusion) for two frames: the disc is searched again around its
     held lines, one disc per frame, without a whole-frame detection."""
