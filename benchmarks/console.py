@@ -153,7 +153,7 @@ def screenshots(api: Client, page, console, out: Path) -> list[Path]:
     shot("lumbar_puncture")
 
     api.post("/api/view", {"name": "lateral"})
-    fluoro(1.5)
+    fluoro(3.0)                       # the exposure settles, then the baseline heights are measured
     api.post("/api/reference/store")
     api.post("/api/traction", {"distraction_mm": 2.0, "ramp_mm_per_s": 1.0})
     api.post("/api/pedal", {"down": True})

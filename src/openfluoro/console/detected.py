@@ -96,7 +96,8 @@ class DetectedOverlay:
         heights = self._heights.update(image, geometry)
         if set_point_mm <= 0:
             self._monitor = None
-            self._baseline = (self._baseline + [heights])[-BASELINE_FRAMES:]
+            if heights:                                     # none while the levels are being found
+                self._baseline = (self._baseline + [heights])[-BASELINE_FRAMES:]
             return heights, None
         if not self._baseline:
             return heights, None                            # traction set before any lateral: no baseline
