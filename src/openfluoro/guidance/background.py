@@ -69,7 +69,7 @@ class BackgroundLevels:
                 self._jobs[key] = (fut, self._frame)
 
     def wait(self, geometry: Geometry, timeout_s: float | None = None) -> LevelResult | None:
-        """The levels of a pose whose detection has started, waiting for it (tests, exports)."""
+        """The levels of a pose whose detection has started, waiting for it (tests)."""
         job = self._jobs.get(pose_key(geometry))
         return None if job is None else job[0].result(timeout=timeout_s)
 

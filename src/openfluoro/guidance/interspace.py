@@ -238,10 +238,17 @@ def measure_interspaces(image: np.ndarray | None, geometry: Geometry, levels: Le
         return [heights_of(d.refined, levels.frame, d.name, P, STEEPEST_OFFSET_MM)
                 for d in levels.discs if d.refined is not None]
     norm = levels.frame.norm_image(np.asarray(image)).astype(np.float32)
-    named = [(d.name, centroid_lines(norm, P, d.refined)) for d in levels.discs if d.refined is not None]
-    named = sacral_wedge_bound(named)
-    return [heights_of(rd, levels.frame, name, P, tan_obliquity=ray_obliquity(geometry, levels.frame, rd))
-            for name, rd in named]
+    return _centroid_heights(norm, geometry, levels.frame,
+                             [(d.name, d.refined) for d in levels.discs if d.refined is not None])
+
+
+def _centroid_heights(norm: np.ndarray, geometry: Geometry, frame: ViewFrame,
+                      discs: Sequence[tuple[str | None, RefinedDisc]]) -> list[InterspaceHeight]:
+    """Heights of named discs from their lines re-located on the edge centroids, the sacral
+    line bounded (``sacral_wedge_bound``) and the ray obliquity corrected."""
+    P = px_per_mm_at_isocentre(geometry)
+    lines = sacral_wedge_bound([(name, centroid_lines(norm, P, rd)) for name, rd in discs])
+    return [heights_of(rd, frame, name, P, tan_obliquity=ray_obliquity(geometry, frame, rd)) for name, rd in lines]
 
 
 def _wedge(rd: RefinedDisc) -> float:
@@ -391,5 +398,4 @@ class InterspaceTracker:
                 new_discs[i] = (name, cand)
                 self._misses[i] = 0
         self._discs = new_discs
-        lines = sacral_wedge_bound([(name, centroid_lines(norm, P, rd)) for name, rd in new_discs])
-        return [heights_of(rd, vf, name, P, tan_obliquity=ray_obliquity(geometry, vf, rd)) for name, rd in lines]
+        return _centroid_heights(norm, geometry, vf, new_discs)

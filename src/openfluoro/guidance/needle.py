@@ -925,6 +925,11 @@ class NeedleTracker:
                         midline_px=self.midline_px, midline_dir=self.midline_dir, epipolar_line=self.epipolar_line,
                         motion_dir=None if adv is None else (float(adv[0]), float(adv[1])))
 
+    def _detect(self, image: np.ndarray, geometry: Geometry, prior: TipPrior, noise: float, **search) -> NeedleDetection:
+        """``detect_needle`` with this tracker's needle and excluded anatomy."""
+        return detect_needle(image, geometry, prior, self.needle_od_mm, noise=noise,
+                             exclude_segments=self.exclude_segments, **search)
+
     def _check_elsewhere(self, image: np.ndarray, geometry: Geometry, det: NeedleDetection,
                          noise: float) -> NeedleDetection:
         """The whole-frame search while a line is tracked, spread over two frames: every
@@ -939,7 +944,7 @@ class NeedleTracker:
             other = _evaluate(img, pending, noise, 4.0 * px_per_mm, prune=0.5, exclude=self.exclude_segments,
                               exclude_tol_px=EXCLUDE_TOL_MM * px_per_mm)
             if other is not None and other.score > 1.2 * det.score:
-                full = detect_needle(image, geometry, self._prior(), self.needle_od_mm, exclude_segments=self.exclude_segments, noise=noise)
+                full = self._detect(image, geometry, self._prior(), noise)
                 if full.found:
                     return full
             return det
@@ -966,9 +971,9 @@ class NeedleTracker:
             assert self._tip is not None and self._tail is not None
             c = 0.5 * (self._tip + self._tail)
             h = 40.0 + 0.5 * float(np.hypot(*(self._tip - self._tail)))
-            det = detect_needle(image, geometry, prior, self.needle_od_mm, exclude_segments=self.exclude_segments, noise=noise,
-                                window=(c[1] - h, c[1] + h + 1, c[0] - h, c[0] + h + 1),
-                                blob_min_peak=0.4 * self.last.score)
+            det = self._detect(image, geometry, prior, noise,
+                               window=(c[1] - h, c[1] + h + 1, c[0] - h, c[0] + h + 1),
+                               blob_min_peak=0.4 * self.last.score)
             if det.found and (not det.tip_cue.startswith("end-on") or
                               np.hypot(*(0.5 * (np.asarray(det.tip_px) + np.asarray(det.tail_px)) - c)) > 12.0):
                 det = NOT_FOUND          # no longer the same spot: search the whole frame
@@ -977,8 +982,7 @@ class NeedleTracker:
             d = self._tip - self._tail
             L = float(np.hypot(*d))
             if L > 12.0:
-                det = detect_needle(image, geometry, prior, self.needle_od_mm, exclude_segments=self.exclude_segments, noise=noise,
-                                    roi=(self._tail, d / L, 0.0, L))
+                det = self._detect(image, geometry, prior, noise, roi=(self._tail, d / L, 0.0, L))
                 # a tracked needle stays on its line, its ends move little between pulses and
                 # (rigid, advanced along itself) its visible length hardly changes
                 if det.found:
@@ -992,7 +996,7 @@ class NeedleTracker:
                     det = self._check_elsewhere(image, geometry, det, noise)
         if not det.found:
             self._pending = []
-            det = detect_needle(image, geometry, prior, self.needle_od_mm, exclude_segments=self.exclude_segments, noise=noise)
+            det = self._detect(image, geometry, prior, noise)
         if not det.found:
             self._misses += 1
             if self._misses > 3:
@@ -1034,7 +1038,7 @@ class NeedleTracker:
         self._tail = tail
         # re-decide the tip end with the (possibly new) advance evidence
         if self.advance_direction is not None and float(self.advance_direction @ d) < 0:
-            det = detect_needle(image, geometry, self._prior(), self.needle_od_mm, exclude_segments=self.exclude_segments, noise=noise)
+            det = self._detect(image, geometry, self._prior(), noise)
             if det.found:
                 self._tip = np.asarray(det.tip_px, float)
                 self._tail = np.asarray(det.tail_px, float)
