@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from openfluoro.guidance.interspace import (POSITION_OFFSET_MM, InterspaceHeight, _plausible, centroid_lines, sacral_wedge_bound,
+from openfluoro.guidance.interspace import (POSITION_OFFSET_MM, InterspaceHeight, _plausible, centroid_lines, caudal_wedge_bound,
                                             heights_of)
 from openfluoro.guidance.levels import ENDPLATE_INSET_MM, RefinedDisc, ViewFrame
 
@@ -40,6 +40,34 @@ def test_centroid_lines_recover_the_endplates():
     assert rd.lower[1] == pytest.approx(lo[1], abs=0.005)
 
 
+def test_centroid_window_takes_in_the_whole_band_of_an_oblique_endplate():
+    """Seen by a ray at tan(a) to its plane, a flat endplate of half width X projects as a band
+    of half width X tan(a) over which the bone path -- and so the log image -- changes linearly
+    (the ray crosses the plane at x = offset / tan(a); the bone on its path runs from there to
+    the far side). The mid-sagittal endplate is the middle of the band. A window of the width
+    the obliquity calls for finds it from a start 1.5 px off; the fixed 1.5 mm window is pulled
+    toward the start."""
+    from openfluoro.guidance.interspace import BAND_HALF_WIDTH_MM, CENTROID_HALF_MM
+
+    up, lo, tan_a = (-12.0, 0.03), (12.0, -0.02), 0.1
+    b = BAND_HALF_WIDTH_MM * tan_a * P                                # band half width, px
+    size = 200
+    c = (size - 1) / 2.0
+    u = np.arange(size)[None, :] - c
+    v = np.arange(size)[:, None] - c
+    into_disc = np.minimum(np.clip((v - (up[0] + up[1] * u) + b) / (2 * b), 0, 1),
+                           np.clip(((lo[0] + lo[1] * u) - v + b) / (2 * b), 0, 1))
+    img = (60.0 + 140.0 * into_disc).astype(np.float32)
+    start = _rd(np.array([c, c]), up, lo, shift=1.5)
+    inset = ENDPLATE_INSET_MM * P
+    wide = centroid_lines(img, P, start, CENTROID_HALF_MM + BAND_HALF_WIDTH_MM * tan_a)
+    assert wide.upper[0] + inset == pytest.approx(up[0], abs=0.15)
+    assert wide.lower[0] - inset == pytest.approx(lo[0], abs=0.15)
+    assert wide.upper[1] == pytest.approx(up[1], abs=0.005)
+    narrow = centroid_lines(img, P, start)
+    assert narrow.upper[0] + inset - up[0] > 0.8                        # pulled into the disc
+
+
 def test_heights_in_mm_with_offsets():
     up, lo = (-10.0, 0.0), (10.0, 0.0)
     img, c = _disc_image(up, lo)
@@ -66,10 +94,28 @@ def _plain(up, lo):
     return RefinedDisc(np.array([0.0, 0.0]), np.array([1.0, 0.0]), np.array([0.0, 1.0]), up, lo, -30.0, 30.0, 1.0, 0.1)
 
 
+def test_crest_crossed_l5_endplate_turned_to_the_wedge_of_l3_l4():
+    """L4-L5 measured flatter than L3-L4 by more than the margin: its lower line (the top of
+    L5, behind the iliac crest) is turned to L3-L4's wedge plus the margin; within the margin
+    it is left alone."""
+    import math
+
+    from openfluoro.guidance.interspace import CAUDAL_WEDGE_MARGIN_DEG
+
+    above = _plain((-10.0, 0.02), (10.0, -0.12))                    # L3-L4 wedge -0.14
+    flat = _plain((-10.0, 0.02), (10.0, 0.0))
+    rd = dict(caudal_wedge_bound([("L3-L4", above), ("L4-L5", flat)]))["L4-L5"]
+    m = math.tan(math.radians(CAUDAL_WEDGE_MARGIN_DEG["L4-L5"]))
+    assert rd.lower[1] - rd.upper[1] == pytest.approx(-0.14 + m)
+    assert rd.upper == flat.upper
+    near = _plain((-10.0, 0.02), (10.0, -0.12 + 0.5 * m))            # within the margin
+    assert dict(caudal_wedge_bound([("L3-L4", above), ("L4-L5", near)]))["L4-L5"] is near
+
+
 def test_sacral_line_turned_to_the_wedge_of_the_disc_above():
     above = _plain((-10.0, 0.02), (10.0, -0.10))                    # wedge -0.12
     flat = _plain((-10.0, 0.02), (10.0, 0.0))                       # wedge -0.02: sacral line too flat
-    out = dict(sacral_wedge_bound([("L4-L5", above), ("L5-S1", flat)]))
+    out = dict(caudal_wedge_bound([("L4-L5", above), ("L5-S1", flat)]))
     rd = out["L5-S1"]
     assert rd.lower[1] - rd.upper[1] == pytest.approx(-0.12)
     um = 0.5 * (rd.u_front + rd.u_back)
@@ -77,8 +123,8 @@ def test_sacral_line_turned_to_the_wedge_of_the_disc_above():
     assert rd.upper == flat.upper
     # wedged enough already, or no L4-L5 to compare with: unchanged
     steep = _plain((-10.0, 0.02), (10.0, -0.2))
-    assert dict(sacral_wedge_bound([("L4-L5", above), ("L5-S1", steep)]))["L5-S1"] is steep
-    assert dict(sacral_wedge_bound([("L5-S1", flat)]))["L5-S1"] is flat
+    assert dict(caudal_wedge_bound([("L4-L5", above), ("L5-S1", steep)]))["L5-S1"] is steep
+    assert dict(caudal_wedge_bound([("L5-S1", flat)]))["L5-S1"] is flat
 
 
 def test_ray_obliquity_is_the_angle_of_the_ray_through_the_disc():

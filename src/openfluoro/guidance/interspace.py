@@ -52,35 +52,44 @@ def px_to_mm(distance_px: float, geometry: Geometry, depth_offset_mm: float = 0.
 
 
 #: per-position corrections (mm) of the heights between the centroid endplate lines, from
-#: development laterals (three phantom sets, 311 discs; least absolute deviations, fitted
+#: development laterals (four phantom sets, 331 discs; least absolute deviations, fitted
 #: together with the obliquity correction below). The middle one is the rest of the edge
 #: inset (``levels.ENDPLATE_INSET_MM`` is calibrated for steepest-step edges); the anterior one
 #: is what the projection loses at the front of the disc (the lines, fitted over the whole
 #: disc, converge slightly toward the front)
-POSITION_OFFSET_MM = {"anterior": 0.29, "middle": 0.02, "posterior": -0.19}
+POSITION_OFFSET_MM = {"anterior": 0.21, "middle": -0.03, "posterior": -0.23}
 #: the same for the steepest-step lines of ``levels`` as they are (no image to re-locate them on)
 STEEPEST_OFFSET_MM = {"anterior": 0.5, "middle": 0.2, "posterior": -0.15}
 #: oblique rays: a disc far from the central ray (along the spine) is seen through rays that
-#: cross its endplates at an angle; the inner rims of the two endplates then project into the
-#: disc space and its edges close in. In the development laterals the heights between the
-#: centroid lines lost nothing measurable while the tangent of that angle stayed below 0.06
-#: (42 mm off the central ray at 700 mm), then about 0.18 mm per 0.01 (-1.4 mm at 0.1-0.13,
-#: the most oblique discs there). Measured heights get that back (``obliquity_correction_mm``),
-#: not extrapolated beyond the calibrated range. Fitted on two development sets and scored on
-#: the third (each in turn), the interspace MAE goes from 0.545 to 0.517 mm
-OBLIQUITY_ONSET = 0.06
-OBLIQUITY_MM_PER_TAN = 18.2
+#: cross its endplates at an angle; the near and far rims of each endplate then project apart
+#: and its edge becomes a band. The centroid window takes in the whole band
+#: (``BAND_HALF_WIDTH_MM``); what the display's non-linearity still moves inward is about
+#: 0.14 mm per 0.01 of the tangent of that angle beyond 0.03 (21 mm off the central ray at
+#: 700 mm). Measured heights get that back (``obliquity_correction_mm``), not extrapolated
+#: beyond the calibrated range (0.13, the most oblique discs of the development laterals)
+OBLIQUITY_ONSET = 0.03
+OBLIQUITY_MM_PER_TAN = 13.8
 OBLIQUITY_CALIBRATED_MAX = 0.13
-#: half width (mm) of the window around each endplate line in which the edge centroid is taken
+#: half width (mm) of the window around each endplate line in which the edge centroid is taken,
+#: for a ray along the endplate
 CENTROID_HALF_MM = 1.5
+#: half the width of a lumbar endplate (bodies are 40-50 mm wide): at ray obliquity tan(a) the
+#: edge band spreads this times tan(a) either side of the mid-sagittal endplate, and the window
+#: widens by as much. Development laterals, leave-one-set-out over four sets: interspace MAE
+#: 0.486 mm with the fixed window, 0.444 with the widened one (0.445 with a fixed 2.5 mm one)
+BAND_HALF_WIDTH_MM = 22.0
 #: the centroid lines are fitted from this far inside the body margins (rounded rims excluded)
 CENTROID_MARGIN_MM = 3.0
-#: the lumbosacral disc is at least as wedged (lordotic) as the one above it, less this much
-#: (radians between the endplate lines). The top of the sacrum is a weak, curved edge behind
-#: the iliac wings and its fitted line comes out too flat (anterior heights 2-3 mm short,
-#: posterior ones 3-4 mm long); where the wedge of L5-S1 is flatter than that of L4-L5, the
-#: sacral line is turned about the middle of the disc to this bound
-SACRAL_WEDGE_MARGIN = 0.0
+#: lordosis grows toward the sacrum: a disc is at least as wedged as the one above it, less
+#: this much (degrees between the endplate lines), for the two discs whose lower endplate lies
+#: behind the pelvis in a lateral. The top of L5 is crossed by the arc of the iliac crest,
+#: which was taken for it in 10 of 45 development laterals (L4-L5 measured 5-16 deg less
+#: wedged than L3-L4, where the phantoms have it 1-10 deg more wedged, as lordosis runs in
+#: adults); the top of the sacrum is
+#: a weak, curved edge behind the iliac wings and its fitted line comes out too flat (anterior
+#: heights 2-3 mm short, posterior ones 3-4 mm long). Where a disc is flatter than that bound,
+#: its lower line is turned about the middle of the disc to the bound
+CAUDAL_WEDGE_MARGIN_DEG = {"L4-L5": 2.0, "L5-S1": 0.0}
 
 
 def _robust_line(u: np.ndarray, v: np.ndarray, w: np.ndarray, scale: float) -> tuple[float, float]:
@@ -103,13 +112,14 @@ def _robust_line(u: np.ndarray, v: np.ndarray, w: np.ndarray, scale: float) -> t
     return v0, sl
 
 
-def centroid_lines(norm: np.ndarray, px_per_mm: float, rd: RefinedDisc) -> RefinedDisc:
+def centroid_lines(norm: np.ndarray, px_per_mm: float, rd: RefinedDisc,
+                   half_mm: float = CENTROID_HALF_MM) -> RefinedDisc:
     """The endplate lines of ``rd`` re-located on the centroid of each edge's gradient.
 
     The steepest step of an endplate edge jumps between the terraces of a voxelised (or
     pixelated) oblique endplate and between the near and far rim when the ray is not parallel
     to the endplate, which tilts the fitted lines; the gradient centroid (first moment of the
-    dark-to-bright step across the line, within +-``CENTROID_HALF_MM``) moves smoothly with the
+    dark-to-bright step across the line, within +-``half_mm``) moves smoothly with the
     partial volumes. Per position along the disc (0.5 mm apart, averaged over +-1 mm), a
     centroid; the lines are fitted robustly through them, weighted by the step's strength.
     ``norm``: the frame in normalised orientation (``ViewFrame.norm_image``)."""
@@ -118,7 +128,7 @@ def centroid_lines(norm: np.ndarray, px_per_mm: float, rd: RefinedDisc) -> Refin
     us = np.arange(rd.u_front + CENTROID_MARGIN_MM * P, rd.u_back - CENTROID_MARGIN_MM * P + 0.01, 0.5 * P)
     if len(us) < 12:
         return rd
-    dv = np.arange(-CENTROID_HALF_MM * P, CENTROID_HALF_MM * P + 0.01, 0.25)
+    dv = np.arange(-half_mm * P, half_mm * P + 0.01, 0.25)
     out = []
     for sgn, (v0, sl) in ((1.0, (rd.upper[0] + inset, rd.upper[1])), (-1.0, (rd.lower[0] - inset, rd.lower[1]))):
         vmid = v0 + sl * us
@@ -244,11 +254,14 @@ def measure_interspaces(image: np.ndarray | None, geometry: Geometry, levels: Le
 
 def _centroid_heights(norm: np.ndarray, geometry: Geometry, frame: ViewFrame,
                       discs: Sequence[tuple[str | None, RefinedDisc]]) -> list[InterspaceHeight]:
-    """Heights of named discs from their lines re-located on the edge centroids, the sacral
-    line bounded (``sacral_wedge_bound``) and the ray obliquity corrected."""
+    """Heights of named discs from their lines re-located on the edge centroids (the window
+    widened for the ray obliquity), the caudal lines bounded (``caudal_wedge_bound``) and the
+    obliquity corrected."""
     P = px_per_mm_at_isocentre(geometry)
-    lines = sacral_wedge_bound([(name, centroid_lines(norm, P, rd)) for name, rd in discs])
-    return [heights_of(rd, frame, name, P, tan_obliquity=ray_obliquity(geometry, frame, rd)) for name, rd in lines]
+    lines = [(name, centroid_lines(norm, P, rd, CENTROID_HALF_MM + BAND_HALF_WIDTH_MM * ray_obliquity(geometry, frame, rd)))
+             for name, rd in discs]
+    return [heights_of(rd, frame, name, P, tan_obliquity=ray_obliquity(geometry, frame, rd))
+            for name, rd in caudal_wedge_bound(lines)]
 
 
 def _wedge(rd: RefinedDisc) -> float:
@@ -256,26 +269,28 @@ def _wedge(rd: RefinedDisc) -> float:
     return float(rd.lower[1] - rd.upper[1])
 
 
-def sacral_wedge_bound(discs: Sequence[tuple[str | None, RefinedDisc]]
+def caudal_wedge_bound(discs: Sequence[tuple[str | None, RefinedDisc]]
                        ) -> list[tuple[str | None, RefinedDisc]]:
-    """Turn the sacral line of L5-S1 about the middle of the disc where the disc is less wedged
-    than L4-L5 (``SACRAL_WEDGE_MARGIN``); the middle height is kept."""
+    """Turn the lower line of L4-L5, then of L5-S1, about the middle of the disc where the disc
+    is less wedged than the one above it (``CAUDAL_WEDGE_MARGIN_DEG``); the middle height is
+    kept."""
     out = list(discs)
     by = {name: i for i, (name, _) in enumerate(out) if name}
-    if "L5-S1" not in by or "L4-L5" not in by:
-        return out
-    rd, above = out[by["L5-S1"]][1], out[by["L4-L5"]][1]
-    w_above = _wedge(above)
-    if w_above >= 0.0:                       # the disc above is not lordotic: no bound to use
-        return out
-    bound = w_above + SACRAL_WEDGE_MARGIN
-    if _wedge(rd) <= bound:
-        return out
-    um = 0.5 * (rd.u_front + rd.u_back)
-    ls = rd.upper[1] + bound
-    l0 = rd.lower[0] + rd.lower[1] * um - ls * um
-    out[by["L5-S1"]] = ("L5-S1", RefinedDisc(rd.c, rd.a, rd.n, rd.upper, (l0, ls), rd.u_front, rd.u_back,
-                                             rd.strength, rd.residual_px))
+    for name, above_name in (("L4-L5", "L3-L4"), ("L5-S1", "L4-L5")):
+        if name not in by or above_name not in by:
+            continue
+        rd, above = out[by[name]][1], out[by[above_name]][1]
+        w_above = _wedge(above)
+        if w_above >= 0.0:                   # the disc above is not lordotic: no bound to use
+            continue
+        bound = w_above + math.tan(math.radians(CAUDAL_WEDGE_MARGIN_DEG[name]))
+        if _wedge(rd) <= bound:
+            continue
+        um = 0.5 * (rd.u_front + rd.u_back)
+        ls = rd.upper[1] + bound
+        l0 = rd.lower[0] + rd.lower[1] * um - ls * um
+        out[by[name]] = (name, RefinedDisc(rd.c, rd.a, rd.n, rd.upper, (l0, ls), rd.u_front, rd.u_back,
+                                           rd.strength, rd.residual_px))
     return out
 
 
