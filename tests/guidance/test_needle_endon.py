@@ -68,3 +68,56 @@ def test_tracker_follows_an_end_on_spot_in_a_window():
         if k > 0:
             assert det.tracked
         assert np.hypot(*(np.asarray(det.tip_px) - (tail + shift + np.array([1.0, -1.5])))) < 2.0
+
+
+def _two_bars(seed, tail, tip, gap_px, far_px, far_depth):
+    """A needle bar tail -> tip and, in line beyond its tip after a gap, a fainter bar (a
+    spinous process edge lined up with a needle seen nearly along the beam)."""
+    img = _frame(seed, tail, tip).astype(float)
+    u = (tip - tail) / np.hypot(*(tip - tail))
+    a = tip + gap_px * u
+    beyond = _frame(seed + 1000, a, a + far_px * u, depth=far_depth, halo=0.0).astype(float)
+    plain = _frame(seed + 1000, a, a, depth=0.0, halo=0.0).astype(float)
+    return np.clip(img + (beyond - plain), 0, 255).astype(np.uint8)
+
+
+def _tip_errors_when_a_bar_appears_beyond_the_tip(g, hold_max_frames):
+    tr = NeedleTracker(hold_max_frames=hold_max_frames)
+    tail, tip = np.array([256.0, 200.0]), np.array([256.0, 236.0])
+    for k in range(4):                                      # the needle alone: tracked
+        det = tr.update(_frame(20 + k, tail, tip), g)
+        assert det.found
+    errs = []
+    for k in range(4):                                      # something in line beyond the tip
+        det = tr.update(_two_bars(30 + k, tail, tip, gap_px=6.0, far_px=30.0, far_depth=45.0), g)
+        errs.append(float(np.hypot(*(np.asarray(det.tip_px) - tip))) if det.found else np.inf)
+    return errs
+
+
+def test_tip_held_when_the_line_grows_beyond_it_with_its_tail_still():
+    """A rigid needle advanced along itself moves its hub too: in an AP view a segment that
+    suddenly reaches 30 px further at the tip while its tail stays put is the needle joined
+    to something beyond it, and the last tip is held."""
+    g = _ap_geometry()
+    held = _tip_errors_when_a_bar_appears_beyond_the_tip(g, hold_max_frames=30)
+    assert max(held) < 3.0
+    unheld = _tip_errors_when_a_bar_appears_beyond_the_tip(g, hold_max_frames=0)
+    assert max(unheld) > 15.0                               # the case the hold is for
+
+
+def test_lateral_needle_growing_from_the_skin_is_followed():
+    """In a lateral the shaft outside the skin does not show: as the needle is advanced the
+    part seen grows at the tip from a tail fixed at the skin, and the tip must follow."""
+    from openfluoro.guidance.needle import image_direction
+
+    g = Geometry(standard_view("lateral_left", CArmPose()), Detector.square(512, 300.0))
+    tail = np.array([256.0, 256.0])
+    ant = image_direction(g, tail, (0.0, -1.0, 0.0))
+    u = ant / np.hypot(*ant)
+    tr = NeedleTracker()
+    for k in range(4):
+        assert tr.update(_frame(40 + k, tail, tail + 40.0 * u), g).found
+    for k in range(3):
+        tip = tail + 75.0 * u
+        det = tr.update(_frame(50 + k, tail, tip), g)
+        assert det.found and np.hypot(*(np.asarray(det.tip_px) - tip)) < 5.0       # not held 35 px back

@@ -879,6 +879,12 @@ class NeedleTracker:
     once when it moves (steps of more than ``jump_px``). The direction the needle is seen
     to slide along its own line while it is advanced tells the tip end for good (a needle
     moves toward its tip when advanced; both ends slide the same way in projection).
+
+    The same rigidity guards the tip in views along the AP axis, where the whole needle lies
+    over the body (not in a lateral, where the shaft outside the skin does not show): a segment that suddenly reaches further at the tip while its far end stays
+    put is the needle joined to something in line beyond its tip (an end-on needle lines up
+    with the spinous processes), so the last tip is held (``_grown_at_tip_only``), for at most
+    ``hold_max_frames`` frames in a row.
     """
 
     alpha: float = 0.5
@@ -891,6 +897,7 @@ class NeedleTracker:
     advance_evidence_px: float = 4.0
     use_roi: bool = True
     full_search_every: int = 8
+    hold_max_frames: int = 30
     #: straight anatomy at this pose that is not the needle (``detect_needle``'s ``exclude_segments``)
     exclude_segments: list = field(default_factory=list)
     _geometry: Geometry | None = None
@@ -901,6 +908,7 @@ class NeedleTracker:
     _ends0: tuple[float, float] | None = None
     _motion: float = 0.0
     _misses: int = 0
+    _held: int = 0
     last: NeedleDetection = field(default_factory=lambda: NOT_FOUND)
 
     def reset(self) -> None:
@@ -909,6 +917,7 @@ class NeedleTracker:
         self._ends = self._ends0 = None
         self._motion = 0.0
         self._misses = 0
+        self._held = 0
         self._pending = []
         self.last = NOT_FOUND
 
@@ -956,6 +965,39 @@ class NeedleTracker:
                              if abs(float((mid - ln.p0) @ np.array([-ln.d[1], ln.d[0]]))) >= 6.0]
         return det
 
+    def _grown_at_tip_only(self, det: NeedleDetection, geometry: Geometry, shape: tuple[int, ...]) -> bool:
+        """``det`` is the tracked line reaching >= 8 px (and a quarter of its length) further
+        at the tip while its tail stayed within 3 px and away from the image border, the line
+        not one along which anterior travel runs (the test of ``_orient``: under 0.3 of what
+        cranial travel moves; in a lateral the needle runs anteriorly, and the part of it
+        seen grows at the tip from a tail fixed at the skin as it is advanced), and the hold
+        not yet used up."""
+        assert self._tip is not None and self._tail is not None
+        if not det.found or self._held >= self.hold_max_frames:
+            return False
+        d = self._tip - self._tail
+        L = float(np.hypot(*d))
+        if L < 1e-6:
+            return False
+        u = d / L
+        nrm = np.array([-u[1], u[0]])
+        tip, tail = np.asarray(det.tip_px, float), np.asarray(det.tail_px, float)
+        rows, cols = shape[:2]
+        if min(tail[0], tail[1], cols - 1 - tail[0], rows - 1 - tail[1]) < 6.0:
+            return False
+        if abs(float((tip - self._tail) @ nrm)) > 3.0 or float(np.hypot(*(tail - self._tail))) > 3.0:
+            return False
+        if float((tip - self._tip) @ u) <= max(8.0, 0.25 * L):
+            return False
+        mid = 0.5 * (self._tip + self._tail)
+        ant = image_direction(geometry, mid, (0.0, -1.0, 0.0))
+        mm_px = float(np.hypot(*image_direction(geometry, mid, (0.0, 0.0, 1.0))))
+        return abs(float(ant @ u)) <= 0.3 * mm_px
+
+    def _hold(self) -> NeedleDetection:
+        self._held += 1
+        return replace(self.last, tracked=True)
+
     def update(self, image: np.ndarray, geometry: Geometry) -> NeedleDetection:
         if self._geometry is not None and geometry != self._geometry:
             self.reset()
@@ -964,6 +1006,7 @@ class NeedleTracker:
         det = NOT_FOUND
         self._frames = getattr(self, "_frames", 0) + 1
         noise = F.noise_sigma(image if image.dtype == np.uint8 else np.asarray(image, np.float32))
+        held_before = self._held
         tracking = self.use_roi and self._tip is not None and self._tail is not None and self.last.found and \
             self.last.confidence > 0.5
         if tracking and self.last.tip_cue.startswith("end-on"):
@@ -991,12 +1034,16 @@ class NeedleTracker:
                     near = min(np.hypot(*(np.asarray(det.tip_px) - self._tip)),
                                np.hypot(*(np.asarray(det.tail_px) - self._tip))) < self.gate_px
                     if not (same_dir and near and det.found and abs(det.length_px - L) < 0.25 * L + 10.0):
-                        det = NOT_FOUND
+                        det = self._hold() if self._grown_at_tip_only(det, geometry, image.shape) else NOT_FOUND
                 if det.found:
                     det = self._check_elsewhere(image, geometry, det, noise)
         if not det.found:
             self._pending = []
             det = self._detect(image, geometry, prior, noise)
+            if tracking and self._grown_at_tip_only(det, geometry, image.shape):
+                det = self._hold()
+        if self._held == held_before:
+            self._held = 0                       # a frame not held ends a run of holds
         if not det.found:
             self._misses += 1
             if self._misses > 3:
