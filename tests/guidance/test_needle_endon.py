@@ -121,3 +121,15 @@ def test_lateral_needle_growing_from_the_skin_is_followed():
         tip = tail + 75.0 * u
         det = tr.update(_frame(50 + k, tail, tip), g)
         assert det.found and np.hypot(*(np.asarray(det.tip_px) - tip)) < 5.0       # not held 35 px back
+
+
+def test_segment_ends_at_an_empty_gap_before_a_bar_in_line():
+    """Whole-frame detection: beyond a 6 px gap as flat as the background, a bar in line as
+    dark as the needle (a cortical edge) is not the needle; the tip is the needle's own end
+    (bridged, it was taken for the tip: 38 px off)."""
+    g = _ap_geometry()
+    tail, tip = np.array([256.0, 200.0]), np.array([256.0, 236.0])
+    for seed in (60, 61, 62):
+        det = detect_needle(_two_bars(seed, tail, tip, gap_px=6.0, far_px=30.0, far_depth=120.0), g)
+        assert det.found and np.hypot(*(np.asarray(det.tip_px) - tip)) < 3.0
+
