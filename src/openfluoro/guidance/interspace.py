@@ -81,14 +81,14 @@ BAND_HALF_WIDTH_MM = 22.0
 #: the centroid lines are fitted from this far inside the body margins (rounded rims excluded)
 CENTROID_MARGIN_MM = 3.0
 #: lordosis grows toward the sacrum: a disc is at least as wedged as the one above it, less
-#: this much (degrees between the endplate lines), for the two discs whose lower endplate lies
-#: behind the pelvis in a lateral. The top of L5 is crossed by the arc of the iliac crest,
-#: which was taken for it in 10 of 45 development laterals (L4-L5 measured 5-16 deg less
-#: wedged than L3-L4, where the phantoms have it 1-10 deg more wedged, as lordosis runs in
-#: adults); the top of the sacrum is
-#: a weak, curved edge behind the iliac wings and its fitted line comes out too flat (anterior
-#: heights 2-3 mm short, posterior ones 3-4 mm long). Where a disc is flatter than that bound,
-#: its lower line is turned about the middle of the disc to the bound
+#: this much (degrees, taken as a difference of the lines' slopes), for the two discs whose
+#: lower endplate lies behind the pelvis in a lateral. The top of L5 is crossed by the arc of
+#: the iliac crest, which was taken for it in 10 of 45 development laterals (L4-L5 measured
+#: 5-16 deg less wedged than L3-L4, where the phantoms, like the usual adult lordosis, have it
+#: 1-10 deg more wedged); the top of the sacrum is a weak, curved edge behind the iliac wings
+#: and its fitted line comes out too flat (anterior heights 2-3 mm short, posterior ones 3-4 mm
+#: long). Where a disc is flatter than that bound, its lower line is turned about the middle
+#: of the disc to the bound
 CAUDAL_WEDGE_MARGIN_DEG = {"L4-L5": 2.0, "L5-S1": 0.0}
 
 

@@ -915,9 +915,10 @@ class NeedleTracker:
     moves toward its tip when advanced; both ends slide the same way in projection).
 
     The same rigidity guards the tip in views along the AP axis, where the whole needle lies
-    over the body (not in a lateral, where the shaft outside the skin does not show): a segment that suddenly reaches further at the tip while its far end stays
-    put is the needle joined to something in line beyond its tip (an end-on needle lines up
-    with the spinous processes), so the last tip is held (``_grown_at_tip_only``), for at most
+    over the body (not in a lateral, where the shaft outside the skin does not show): a
+    segment that suddenly reaches further at the tip while its far end stays put is the
+    needle joined to something in line beyond its tip (an end-on needle lines up with the
+    spinous processes), so the last tip is held (``_grown_at_tip_only``), for at most
     ``hold_max_frames`` frames in a row.
     """
 
@@ -931,6 +932,7 @@ class NeedleTracker:
     advance_evidence_px: float = 4.0
     use_roi: bool = True
     full_search_every: int = 8
+    #: frames in a row the tip may be held against a line grown at the tip (2 s at 15 pulses/s)
     hold_max_frames: int = 30
     #: straight anatomy at this pose that is not the needle (``detect_needle``'s ``exclude_segments``)
     exclude_segments: list = field(default_factory=list)
