@@ -65,6 +65,10 @@ MIN_FORESHORTENING = 0.2
 #: (six, 167 cases): AP tip p95 at normal dose 7.7 -> 1.9 mm on the last one, unchanged or
 #: better on the others; a 3 mm end-on needle no longer found with a spinous edge (10 frames)
 GAP_MIN_FRACTION = 0.35
+#: a line runs the way anterior travel goes in the image (a lateral-like view of the needle)
+#: when 1 mm of anterior travel moves a point along it by more than this fraction of what 1 mm
+#: of cranial travel does; in views along the AP axis it does not (``_anterior_along``)
+ANTERIOR_ALONG_MIN = 0.3
 #: tracking: the search band reaches this far beyond the last segment's ends (px)
 ROI_MARGIN_PX = 48.0
 #: an end-on needle (a dark spot): Laplacian peak over the frame's 99.9th percentile, and at least
@@ -496,6 +500,13 @@ class TipPrior:
     motion_dir: tuple[float, float] | None = None           # image direction the needle was seen to advance
 
 
+def _anterior_along(geometry: Geometry, point: np.ndarray, d: np.ndarray) -> float:
+    """How far 1 mm of anterior travel at ``point`` moves it along the image direction ``d``,
+    in units of what 1 mm of cranial travel moves it (px per mm at the isocentre); signed."""
+    along = float(image_direction(geometry, point, (0.0, -1.0, 0.0)) @ d)
+    return along / float(np.hypot(*image_direction(geometry, point, (0.0, 0.0, 1.0))))
+
+
 def _orient(line: _Line, image: np.ndarray, geometry: Geometry, prior: TipPrior | None,
             bevel_px: float) -> tuple[np.ndarray, np.ndarray, float, str]:
     """Return (tip, tail, side_confidence, cue) for a segmented line."""
@@ -541,11 +552,8 @@ def _orient(line: _Line, image: np.ndarray, geometry: Geometry, prior: TipPrior 
             votes.append((2.0 if d1 < d0 else -2.0, "epipolar"))
     # anatomy of a posterior approach
     mid = 0.5 * (e0 + e1)
-    ant = image_direction(geometry, mid, (0.0, -1.0, 0.0))
-    along = float(ant @ line.d)           # px per mm of anterior travel, along the line
-    cran = image_direction(geometry, mid, (0.0, 0.0, 1.0))
-    mm_px = np.hypot(*cran)              # px per mm in the image at the isocentre
-    if abs(along) > 0.3 * mm_px:
+    along = _anterior_along(geometry, mid, line.d)
+    if abs(along) > ANTERIOR_ALONG_MIN:
         votes.append((1.5 if along > 0 else -1.5, "anterior"))
     else:
         # views along the AP axis: the line's own image cannot tell. Priors: a paramedian
@@ -553,7 +561,8 @@ def _orient(line: _Line, image: np.ndarray, geometry: Geometry, prior: TipPrior 
         # lies ahead of the tip on the needle's line
         if prior is not None and prior.midline_px is not None:
             m0 = np.asarray(prior.midline_px, float)
-            md = np.asarray(prior.midline_dir if prior.midline_dir is not None else cran, float)
+            md = np.asarray(prior.midline_dir if prior.midline_dir is not None else
+                            image_direction(geometry, mid, (0.0, 0.0, 1.0)), float)
             md = md / np.linalg.norm(md)
             nrm = np.array([-md[1], md[0]])
             dist0, dist1 = abs((e0 - m0) @ nrm), abs((e1 - m0) @ nrm)
@@ -1004,8 +1013,8 @@ class NeedleTracker:
     def _grown_at_tip_only(self, det: NeedleDetection, geometry: Geometry, shape: tuple[int, ...]) -> bool:
         """``det`` is the tracked line reaching >= 8 px (and a quarter of its length) further
         at the tip while its tail stayed within 3 px and away from the image border, the line
-        not one along which anterior travel runs (the test of ``_orient``: under 0.3 of what
-        cranial travel moves; in a lateral the needle runs anteriorly, and the part of it
+        not one along which anterior travel runs (``ANTERIOR_ALONG_MIN``, as ``_orient`` tells
+        views along the AP axis; in a lateral the needle runs anteriorly, and the part of it
         seen grows at the tip from a tail fixed at the skin as it is advanced), and the hold
         not yet used up."""
         assert self._tip is not None and self._tail is not None
@@ -1025,10 +1034,7 @@ class NeedleTracker:
             return False
         if float((tip - self._tip) @ u) <= max(8.0, 0.25 * L):
             return False
-        mid = 0.5 * (self._tip + self._tail)
-        ant = image_direction(geometry, mid, (0.0, -1.0, 0.0))
-        mm_px = float(np.hypot(*image_direction(geometry, mid, (0.0, 0.0, 1.0))))
-        return abs(float(ant @ u)) <= 0.3 * mm_px
+        return abs(_anterior_along(geometry, 0.5 * (self._tip + self._tail), u)) <= ANTERIOR_ALONG_MIN
 
     def _hold(self) -> NeedleDetection:
         self._held += 1
