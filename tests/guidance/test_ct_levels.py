@@ -41,6 +41,37 @@ def test_levels_file_brackets_the_labelled_l1_body(shared_data):
         assert above > here + 30.0 and below > here + 30.0, (n, here, above, below)
 
 
+def test_levels_file_centres_lie_midway_between_the_labelled_bodies(shared_data):
+    """Front to back, T12-L1 and L1-L2 lie midway between the centres of the bodies above and
+    below, as TotalSegmentator labelled them (a body: its label's voxels in front of the
+    spinal cord, label 79), within one and a half 3 mm voxels."""
+    from openfluoro.scene.patient import load_patient
+
+    d = shared_data / "totalsegmentator_example"
+    p = load_patient(d / "example_ct.nii.gz", d / "example_seg.nii.gz", 82)
+    A = p.volume.affine_lps
+
+    def points(label: int) -> np.ndarray:
+        kk, jj, ii = np.nonzero(p.labels == label)
+        return np.stack([ii, jj, kk], 1) @ A[:3, :3].T + A[:3, 3]
+
+    cord = points(79)
+
+    def body_y(name: str) -> float:
+        v = points(next(i for i, n in p.label_names.items() if n == name))
+        keep = np.zeros(len(v), bool)
+        for z in np.unique(v[:, 2]):
+            c = cord[np.abs(cord[:, 2] - z) < 0.1]
+            if len(c):
+                keep |= (np.abs(v[:, 2] - z) < 0.1) & (v[:, 1] < c[:, 1].min() - 3.0)
+        return float(v[keep, 1].mean())
+
+    discs = read_levels_file(LEVELS)
+    y = {n: body_y(n) for n in ("T12", "L1", "L2")}
+    assert abs(discs["T12-L1"]["centre"][1] - 0.5 * (y["T12"] + y["L1"])) <= 4.5
+    assert abs(discs["L1-L2"]["centre"][1] - 0.5 * (y["L1"] + y["L2"])) <= 4.5
+
+
 def test_levels_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "levels.json"
     bad.write_text(json.dumps({"discs": {"L3-L4": {"centre": [1, 2]}}}))
