@@ -85,3 +85,37 @@ def test_interspaces_found_and_named_in_rendered_frames(frames, view):
         assert np.hypot(*(np.asarray(d.centre_px) - truth)) * mm_px < 8.0, name
         checked += 1
     assert checked >= 2
+
+
+def test_training_variants_mirror_the_disc_positions_with_the_image():
+    """A randomised training variant that mirrors an AP frame moves the disc windows with it:
+    the feature window at a disc of the mirrored frame is the window of the original, read
+    right to left. Laterals are never mirrored (anterior must stay left)."""
+    from openfluoro.guidance.naming import PATCH_W_MM, STEP_MM, disc_features, smooth_for_features, to_small
+    from openfluoro.guidance.train_levels import augment_view
+
+    rng = np.random.default_rng(3)
+    img = rng.uniform(40, 200, (256, 256)).astype(np.float32)
+    img[100:110, 40:90] = 250.0                      # an asymmetric landmark
+    P = 2.0
+    pxs = P / LV.SCALE
+    mirrored_once = False
+    for seed in range(12):
+        out, mirrored = augment_view(img, np.random.default_rng(seed), "ap", P)
+        assert out.shape == img.shape and out.min() >= 0.0 and out.max() <= 255.0
+        if mirrored:
+            mirrored_once = True
+            back = out[:, ::-1]
+            # gamma, blobs and the air band change values, never positions: the landmark is back on the left
+            assert back[100:110, 40:90].mean() > back[100:110, 166:216].mean()
+    assert mirrored_once
+    for seed in range(12):
+        assert not augment_view(img, np.random.default_rng(seed), "lateral", P)[1]
+    # a mirrored frame read at the mirrored point gives the original window, mirrored
+    q = (120.0, 128.0)
+    f0 = disc_features(smooth_for_features(LV._quarter(img), pxs), pxs, *to_small(q))
+    f1 = disc_features(smooth_for_features(LV._quarter(np.ascontiguousarray(img[:, ::-1])), pxs), pxs,
+                       *to_small((img.shape[1] - 1 - q[0], q[1])))
+    nx = int(round(PATCH_W_MM / STEP_MM))
+    w0, w1 = f0[: f0.size // 2 - 1].reshape(-1, nx), f1[: f1.size // 2 - 1].reshape(-1, nx)
+    assert np.allclose(w0, w1[:, ::-1], atol=0.5)

@@ -10,8 +10,10 @@ jointly: consecutive discs of the chain (a skipped disc counts two steps) take c
 names, and the offset with the largest summed log-probability wins.
 
 The weights (``models/level_names.npz``) were trained by ``openfluoro.guidance.train_levels``
-on frames of phantoms with seeds in the development range (below ``cases.EVAL_SEED_FLOOR``);
-the evaluation draws phantoms from the disjoint range.
+on frames of phantoms with seeds in the development range (below ``cases.EVAL_SEED_FLOOR``),
+and on randomised variants of those frames (``train_levels.augment_view``: display gamma, soft
+blobs, a CT's scan range ending in the field, AP mirror) so that the names transfer to
+frames of real CTs; the evaluation draws phantoms from the disjoint range.
 """
 
 from __future__ import annotations
