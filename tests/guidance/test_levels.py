@@ -87,6 +87,55 @@ def test_interspaces_found_and_named_in_rendered_frames(frames, view):
     assert checked >= 2
 
 
+def test_names_from_the_lateral_and_conflicts_between_the_views(frames):
+    """An AP named from a lateral of the same position takes the lateral's names, also when
+    none of its own interspaces could be refined; where the lateral counts differently (here:
+    its names moved one level up) every interspace the two share is a recorded conflict."""
+    from dataclasses import replace
+
+    from openfluoro.guidance.naming import CLASSES
+
+    _, ap, lat = frames
+    la, ll = LV.detect_levels(ap.image, ap.geometry), LV.detect_levels(lat.image, lat.geometry)
+    two = LV.transfer_names(la, ap.geometry, ll, lat.geometry)
+    assert "names from the lateral" in two.notes and two.name_conflicts == ()
+    unrefined = replace(la, discs=tuple(replace(d, refined=None) for d in la.discs))
+    two_u = LV.transfer_names(unrefined, ap.geometry, ll, lat.geometry)
+    assert "names from the lateral" in two_u.notes and two_u.name_conflicts == ()
+    shifted = replace(ll, discs=tuple(replace(d, name=CLASSES[CLASSES.index(d.name) - 1])
+                                      for d in ll.discs if d.name in CLASSES[1:]))
+    bad = LV.transfer_names(la, ap.geometry, shifted, lat.geometry)
+    assert len(bad.name_conflicts) >= 2
+    assert all(CLASSES.index(a) == CLASSES.index(b) + 1 for a, b in bad.name_conflicts)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_puncture_guide_warns_when_the_views_count_differently(frames, monkeypatch, shift):
+    """With an AP and a lateral of the same position, the puncture guide warns (in either
+    view) exactly when the lateral names the shared interspaces differently from the AP."""
+    from dataclasses import replace
+
+    from openfluoro.guidance import puncture as PG
+    from openfluoro.guidance.naming import CLASSES
+
+    _, ap, lat = frames
+    real = LV.detect_levels
+
+    def detect(image, geometry):
+        res = real(image, geometry)
+        if res.view != "lateral" or not shift:
+            return res
+        return replace(res, discs=tuple(replace(d, name=CLASSES[CLASSES.index(d.name) - shift])
+                                        for d in res.discs if d.name in CLASSES[shift:]))
+
+    monkeypatch.setattr(PG, "detect_levels", detect)
+    guide = PG.PunctureGuide("L4-L5")
+    guide.update(lat.image, lat.geometry)
+    for f in (ap, lat):
+        st = guide.update(f.image, f.geometry)
+        assert any(w.startswith("levels disagree") for w in st.warnings) == bool(shift), st.warnings
+
+
 def test_training_variants_mirror_the_disc_positions_with_the_image():
     """A randomised training variant that mirrors an AP frame moves the disc windows with it:
     the feature window at a disc of the mirrored frame is the window of the original, read

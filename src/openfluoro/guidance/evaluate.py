@@ -191,6 +191,22 @@ def _midline(res: LevelResult):
     return PunctureGuide._midline(res)
 
 
+def _score_level_views(ap: list[FrameRecord], lat: list[FrameRecord], target: str | None, scores: Scores,
+                       case: int) -> tuple[LevelResult | None, LevelResult | None]:
+    """Levels once per pose, on the pose's last frame, scored per view and with the AP named
+    from the lateral (noting whether the two views' names conflict)."""
+    lv_ap = detect_levels(ap[-1].image, ap[-1].geometry) if ap else None
+    lv_lat = detect_levels(lat[-1].image, lat[-1].geometry) if lat else None
+    for res, fr in ((lv_ap, ap[-1] if ap else None), (lv_lat, lat[-1] if lat else None)):
+        if res is not None and fr is not None:
+            scores.level.append({"case": case, **score_levels(res, fr, target)})
+    if lv_ap is not None and lv_lat is not None:
+        two = transfer_names(lv_ap, ap[-1].geometry, lv_lat, lat[-1].geometry)
+        scores.level.append({"case": case, **score_levels(two, ap[-1], target), "view": "ap+lateral",
+                             "conflict": bool(two.name_conflicts)})
+    return lv_ap, lv_lat
+
+
 def evaluate_case(rec: CaseRecord, scores: Scores, patient=None) -> None:
     spec = rec.spec
     case = spec.index if spec is not None else len(scores.cases)
@@ -199,15 +215,7 @@ def evaluate_case(rec: CaseRecord, scores: Scores, patient=None) -> None:
     for fr in rec.frames:
         by_role.setdefault(fr.role, []).append(fr)
     ap, lat = by_role.get("ap", []), by_role.get("lateral", [])
-    # levels: once per pose, on the pose's last frame
-    lv_ap = detect_levels(ap[-1].image, ap[-1].geometry) if ap else None
-    lv_lat = detect_levels(lat[-1].image, lat[-1].geometry) if lat else None
-    for res, fr in ((lv_ap, ap[-1] if ap else None), (lv_lat, lat[-1] if lat else None)):
-        if res is not None and fr is not None:
-            scores.level.append({"case": case, **score_levels(res, fr, target)})
-    if lv_ap is not None and lv_lat is not None:
-        two = transfer_names(lv_ap, ap[-1].geometry, lv_lat, lat[-1].geometry)
-        scores.level.append({"case": case, **score_levels(two, ap[-1], target), "view": "ap+lateral"})
+    lv_ap, lv_lat = _score_level_views(ap, lat, target, scores, case)
     # needle: AP run, then lateral run (epipolar of the AP tip is no help for a long lateral
     # needle, so only the tracker and anatomy decide there)
     det_ap, g_ap = _needle_run(ap, scores, case, "ap", _midline(lv_ap) if lv_ap is not None else None)
@@ -318,6 +326,12 @@ def summarise(scores: Scores) -> tuple[str, dict[str, float]]:
     named = sum(r["named"] for r in scores.level if r["view"] != "ap+lateral")
     named_ok = sum(r["named_ok"] for r in scores.level if r["view"] != "ap+lateral")
     lines.append(f"  named interspaces correct: {named_ok}/{named}")
+    both = [r for r in scores.level if r["view"] == "ap+lateral"]
+    if both:
+        wrong = [r for r in both if r["target_ok"] is False]
+        lines.append(f"  AP and lateral name an interspace differently (warned) in {sum(r['conflict'] for r in both)}"
+                     f"/{len(both)} cases; of the {len(wrong)} whose target the two views name wrong, "
+                     f"{sum(r['conflict'] for r in wrong)} warned")
     if scores.verdicts:
         ok = sum(v["verdict"] == v["truth"] for v in scores.verdicts)
         lines.append(f"  decompression verdicts matching the truth: {ok}/{len(scores.verdicts)} "
@@ -553,11 +567,7 @@ def _evaluate_ct_case(rec: CaseRecord, scores: Scores, case: int) -> None:
         by_role.setdefault(fr.role, []).append(fr)
     ap, lat = by_role.get("ap", []), by_role.get("lateral", [])
     target = rec.truth.get("level")
-    lv_ap = detect_levels(ap[-1].image, ap[-1].geometry) if ap else None
-    lv_lat = detect_levels(lat[-1].image, lat[-1].geometry) if lat else None
-    for res, fr in ((lv_ap, ap[-1] if ap else None), (lv_lat, lat[-1] if lat else None)):
-        if res is not None and fr is not None:
-            scores.level.append({"case": case, **score_levels(res, fr, target)})
+    lv_ap, lv_lat = _score_level_views(ap, lat, target, scores, case)
     det_ap, g_ap = _needle_run(ap, scores, case, "ap", _midline(lv_ap) if lv_ap is not None else None)
     det_lat, g_lat = _needle_run(lat, scores, case, "lateral",
                                  exclude=endplate_segments(lv_lat) if lv_lat is not None else ())

@@ -159,6 +159,9 @@ class LevelResult:
     notes: tuple[str, ...] = ()
     #: AP views: the column's mid-line, one (col, row) image point per quarter-resolution row
     axis_px: tuple[tuple[float, float], ...] = ()
+    #: names taken from a lateral (``transfer_names``): (the AP's own name, the lateral's) for
+    #: each interspace the two views name differently -- one of the two counts is wrong
+    name_conflicts: tuple[tuple[str, str], ...] = ()
 
     def disc(self, name: str) -> Disc | None:
         return next((d for d in self.discs if d.name == name), None)
@@ -1101,12 +1104,15 @@ def transfer_names(ap: LevelResult, ap_geometry: Geometry, lateral: LevelResult,
     mid-sagittal plane -- the plane through the AP source and the AP column line -- at the
     interspace, which projects into the AP frame. An AP interspace within ``match_mm`` takes
     the lateral's name; a lateral interspace with no AP partner is added to the AP as predicted.
+    Where the AP had named that interspace otherwise, the pair is kept in ``name_conflicts``.
     (The C-arm moved between the frames, the patient did not: a table move breaks this.)"""
     from openfluoro.guidance.depth import backproject_ray, image_line_plane
 
     if ap.frame is None or lateral.frame is None or not lateral.discs:
         return ap
     seen = [d for d in ap.discs if d.refined is not None and not d.predicted]
+    if len(seen) < 2:       # too few refined: the heat-map peaks still place the column line
+        seen = [d for d in ap.discs if not d.predicted]
     if len(seen) >= 2:
         pts = np.array([d.centre_px for d in seen])
         A = np.stack([np.ones(len(pts)), pts[:, 1] - pts[:, 1].mean()], 1)
@@ -1124,6 +1130,7 @@ def transfer_names(ap: LevelResult, ap_geometry: Geometry, lateral: LevelResult,
     P = ap.frame.px_per_mm
     used = set()
     out: list[Disc] = []
+    conflicts: list[tuple[str, str]] = []
     for ld in lateral.discs:
         if not ld.name:
             continue
@@ -1146,6 +1153,8 @@ def transfer_names(ap: LevelResult, ap_geometry: Geometry, lateral: LevelResult,
             # the lateral places the interspace; the AP band, if close, keeps its endplates
             used.add(best[1])
             d = ap.discs[best[1]]
+            if d.name is not None and d.name != ld.name:
+                conflicts.append((d.name, ld.name))
             out.append(Disc(ld.name, (float(p[0]), float(p[1])), d.upper, d.lower, d.strength, d.front_px, d.back_px,
                             d.refined, d.predicted))
         else:
@@ -1154,4 +1163,4 @@ def transfer_names(ap: LevelResult, ap_geometry: Geometry, lateral: LevelResult,
 
     out.sort(key=lambda d: CLASSES.index(d.name) if d.name in CLASSES else -1)
     return LevelResult(ap.view, tuple(out), tuple(_vertebrae(out)), "lateral", lateral.confidence, ap.frame,
-                       ap.notes + ("names from the lateral",))
+                       ap.notes + ("names from the lateral",), name_conflicts=tuple(conflicts))

@@ -17,7 +17,9 @@ What it reports (``PunctureStatus``):
 * with two views: the tip in 3-D, the distance to the target (planned target point if given,
   else the target interspace in the image) and, when the patient has a sac (label map or
   phantom landmarks), the distance to the dura along the needle's axis;
-* ``csf_return`` when the frame's events report it (the operator sees CSF at the hub).
+* ``csf_return`` when the frame's events report it (the operator sees CSF at the hub);
+* a warning when an AP and a lateral of the same patient position name an interspace
+  differently: the names shown are the lateral's, but one of the two counts is wrong.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class PunctureGuide:
         self._poses: dict[tuple, _PoseState] = {}
         self._latest: dict[str, tuple[Geometry, NeedleDetection]] = {}
         self.csf_return = False
+        self._named: tuple[LevelResult, LevelResult, LevelResult] | None = None   # AP, lateral -> named AP
 
     def _state(self, image: np.ndarray, geometry: Geometry) -> _PoseState:
         key = pose_key(geometry)
@@ -133,6 +136,12 @@ class PunctureGuide:
         st = self._poses.get(pose_key(geometry))
         return None if st is None else st.levels
 
+    def _names_from_lateral(self, ap: _PoseState, lat: _PoseState) -> LevelResult:
+        """``transfer_names`` for this pair of poses' levels, computed once per pair."""
+        if self._named is None or self._named[0] is not ap.levels or self._named[1] is not lat.levels:
+            self._named = (ap.levels, lat.levels, transfer_names(ap.levels, ap.geometry, lat.levels, lat.geometry))
+        return self._named[2]
+
     @staticmethod
     def _midline(levels: LevelResult) -> tuple[tuple[float, float], tuple[float, float]] | None:
         if levels.view != "ap" or len(levels.discs) < 2:
@@ -146,13 +155,21 @@ class PunctureGuide:
     def update(self, image: np.ndarray, geometry: Geometry, events: Sequence[str] = ()) -> PunctureStatus:
         st = self._state(image, geometry)
         levels = st.levels
+        conflicts: tuple[tuple[str, str], ...] = ()
         view = levels.view if levels is not None else view_frame(geometry, np.shape(image)).kind
-        if view == "ap" and levels is not None:
-            # names from a lateral of the same patient position, when there is one (more reliable)
-            lat = next((o for o in self._poses.values() if o.levels is not None and o.levels.view == "lateral"
-                        and o.geometry.pose.isocentre_lps_mm == geometry.pose.isocentre_lps_mm), None)
-            if lat is not None:
-                levels = transfer_names(levels, geometry, lat.levels, lat.geometry)
+        if levels is not None:
+            # the other view of the same patient position: an AP takes the lateral's names (more
+            # reliable); either view warns when the two count the levels differently
+            other_kind = "lateral" if view == "ap" else "ap"
+            other = next((o for o in self._poses.values() if o.levels is not None and o.levels.view == other_kind
+                          and o.geometry.pose.isocentre_lps_mm == geometry.pose.isocentre_lps_mm), None)
+            if other is not None:
+                ap_st = st if view == "ap" else other
+                lat_st = other if view == "ap" else st
+                named = self._names_from_lateral(ap_st, lat_st)
+                conflicts = named.name_conflicts
+                if view == "ap":
+                    levels = named
         # the other view's tip constrains which end of a foreshortened needle is the tip
         other = self._latest.get("lateral" if view == "ap" else "ap")
         st.tracker.epipolar_line = None
@@ -167,6 +184,9 @@ class PunctureGuide:
         P = px_per_mm_at_isocentre(geometry)
         warnings: list[str] = []
         messages: list[str] = []
+        if conflicts:
+            ap_name, lat_name = conflicts[0]
+            warnings.append(f"levels disagree: AP {ap_name} = lateral {lat_name}; count them")
         target = levels.disc(self.target_level) if levels is not None else None
         tip_level = on_level = in_window = heading = None
         off_mid = None
