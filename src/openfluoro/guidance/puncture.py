@@ -161,11 +161,11 @@ class PunctureGuide:
             # the other view of the same patient position: an AP takes the lateral's names (more
             # reliable); either view warns when the two count the levels differently
             other_kind = "lateral" if view == "ap" else "ap"
-            other = next((o for o in self._poses.values() if o.levels is not None and o.levels.view == other_kind
-                          and o.geometry.pose.isocentre_lps_mm == geometry.pose.isocentre_lps_mm), None)
-            if other is not None:
-                ap_st = st if view == "ap" else other
-                lat_st = other if view == "ap" else st
+            pair = next((o for o in self._poses.values() if o.levels is not None and o.levels.view == other_kind
+                         and o.geometry.pose.isocentre_lps_mm == geometry.pose.isocentre_lps_mm), None)
+            if pair is not None:
+                ap_st = st if view == "ap" else pair
+                lat_st = pair if view == "ap" else st
                 named = self._names_from_lateral(ap_st, lat_st)
                 conflicts = named.name_conflicts
                 if view == "ap":
