@@ -109,6 +109,34 @@ def test_names_from_the_lateral_and_conflicts_between_the_views(frames):
     assert all(CLASSES.index(a) == CLASSES.index(b) + 1 for a, b in bad.name_conflicts)
 
 
+@pytest.mark.parametrize("lateral_sure", [False, True])
+def test_one_count_for_both_views_follows_the_stronger_evidence(frames, lateral_sure):
+    """When the lateral counts one level off, both views take the count that the two views'
+    naming evidence supports best: the AP's true count when the lateral is unsure of its own,
+    the lateral's count when it is the surer one. The disagreement stays on record."""
+    from dataclasses import replace
+
+    from openfluoro.guidance.naming import CLASSES
+
+    patient, ap, lat = frames
+    la, ll = LV.detect_levels(ap.image, ap.geometry), LV.detect_levels(lat.image, lat.geometry)
+    wrong = LV.shift_names(ll, -1)                              # every lateral name one level up
+    # (shift, log-score) of each view: the view's own names at 0; moving back down is +1
+    ap_scores = ((-1, -30.0), (0, -2.0), (1, -25.0))
+    lat_scores = ((0, -1.0), (1, -40.0)) if lateral_sure else ((0, -6.0), (1, -7.0))
+    two, lat2 = LV.reconcile_names(replace(la, name_shift_scores=ap_scores), ap.geometry,
+                                   replace(wrong, name_shift_scores=lat_scores), lat.geometry)
+    assert two.name_conflicts
+    # both views take one count: the true one, or the lateral's (one level up) if it is surer
+    up = 1 if lateral_sure else 0
+    assert {d.name for d in lat2.discs if d.name} == {d.name for d in (wrong if lateral_sure else ll).discs if d.name}
+    px_per_mm = LV.view_frame(ap.geometry, ap.image.shape).px_per_mm
+    for name in ("L3-L4", "L4-L5"):
+        truth = ap.geometry.project(np.asarray(patient.landmarks["discs"][name]["centre"], float))[0]
+        d = two.disc(CLASSES[CLASSES.index(name) - up])
+        assert d is not None and np.hypot(*(np.asarray(d.centre_px) - truth)) < 8.0 * px_per_mm, name
+
+
 @pytest.mark.parametrize("shift", [0, 1])
 def test_puncture_guide_warns_when_the_views_count_differently(frames, monkeypatch, shift):
     """With an AP and a lateral of the same position, the puncture guide warns (in either

@@ -39,7 +39,7 @@ from openfluoro.guidance.cases import CaseRecord, FrameRecord, case_patient, mak
 from openfluoro.guidance.decompression import DecompressionMonitor
 from openfluoro.guidance.depth import SacModel, distance_to_sac, epipolar_line, needle_from_views
 from openfluoro.guidance.interspace import InterspaceTracker, measure_interspaces, px_per_mm_at_isocentre
-from openfluoro.guidance.levels import LevelResult, detect_levels, endplate_segments, transfer_names
+from openfluoro.guidance.levels import LevelResult, detect_levels, endplate_segments, reconcile_names
 from openfluoro.guidance.needle import NeedleDetection, NeedleTracker
 
 MATCH_MM = 8.0
@@ -201,7 +201,7 @@ def _score_level_views(ap: list[FrameRecord], lat: list[FrameRecord], target: st
         if res is not None and fr is not None:
             scores.level.append({"case": case, **score_levels(res, fr, target)})
     if lv_ap is not None and lv_lat is not None:
-        two = transfer_names(lv_ap, ap[-1].geometry, lv_lat, lat[-1].geometry)
+        two, _ = reconcile_names(lv_ap, ap[-1].geometry, lv_lat, lat[-1].geometry)
         scores.level.append({"case": case, **score_levels(two, ap[-1], target), "view": "ap+lateral",
                              "conflict": bool(two.name_conflicts)})
     return lv_ap, lv_lat

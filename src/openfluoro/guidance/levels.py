@@ -162,6 +162,9 @@ class LevelResult:
     #: names taken from a lateral (``transfer_names``): (the AP's own name, the lateral's) for
     #: each interspace the two views name differently -- one of the two counts is wrong
     name_conflicts: tuple[tuple[str, str], ...] = ()
+    #: (shift, log-score): how well the naming model supports every name moved by ``shift``
+    #: levels (0: the names given), for weighing this view's count against another view's
+    name_shift_scores: tuple[tuple[int, float], ...] = ()
 
     def disc(self, name: str) -> Disc | None:
         return next((d for d in self.discs if d.name == name), None)
@@ -908,6 +911,7 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
             rd = _refine_near(norm_sm, vf, cn, c, rd, cands)
         refined.append((cn, rd))
     names, anchor, conf = [None] * len(chain), "none", 0.0
+    shift_scores: tuple[tuple[int, float], ...] = ()
     from openfluoro.guidance import naming
 
     if chain and naming.model_available(vf.kind):
@@ -915,7 +919,9 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
         feats = np.array([naming.disc_features(sm, pxs, *naming.to_small(rd.centre if rd is not None else cn))
                           for cn, rd in refined])
         prob = naming.name_probabilities(vf.kind, feats)
-        names, conf, _ = naming.name_chain(prob, steps)
+        names, conf, offset_scores = naming.name_chain(prob, steps)
+        best = max(offset_scores, key=offset_scores.get)
+        shift_scores = tuple(sorted((o - best, sc) for o, sc in offset_scores.items()))
         anchor = "model"
     elif chain and vf.kind == "lateral":
         axis_x = float(np.median([c.x for c in chain]))
@@ -945,7 +951,8 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
     if ax is not None:
         pts = vf.from_norm([(x * SCALE + (SCALE - 1) / 2.0, r * SCALE + (SCALE - 1) / 2.0) for r, x in enumerate(ax)])
         axis_px = tuple((float(p[0]), float(p[1])) for p in pts)
-    return LevelResult(vf.kind, tuple(discs), tuple(_vertebrae(discs)), anchor, conf, vf, axis_px=axis_px)
+    return LevelResult(vf.kind, tuple(discs), tuple(_vertebrae(discs)), anchor, conf, vf, axis_px=axis_px,
+                       name_shift_scores=shift_scores)
 
 
 def endplate_segments(levels: LevelResult) -> list[tuple[tuple[float, float], tuple[float, float]]]:
@@ -1164,3 +1171,53 @@ def transfer_names(ap: LevelResult, ap_geometry: Geometry, lateral: LevelResult,
     out.sort(key=lambda d: CLASSES.index(d.name) if d.name in CLASSES else -1)
     return LevelResult(ap.view, tuple(out), tuple(_vertebrae(out)), "lateral", lateral.confidence, ap.frame,
                        ap.notes + ("names from the lateral",), name_conflicts=tuple(conflicts))
+
+
+def shift_names(res: LevelResult, shift: int) -> LevelResult:
+    """``res`` with every interspace name moved ``shift`` levels caudally (negative: cranially);
+    interspaces that would leave T12-L1..L5-S1 are dropped."""
+    from dataclasses import replace
+
+    from openfluoro.guidance.naming import CLASSES
+
+    if shift == 0:
+        return res
+    out = []
+    for d in res.discs:
+        if d.name in CLASSES:
+            i = CLASSES.index(d.name) + shift
+            if not 0 <= i < len(CLASSES):
+                continue
+            d = replace(d, name=CLASSES[i])
+        out.append(d)
+    return replace(res, discs=tuple(out), vertebrae=tuple(_vertebrae(out)),
+                   name_shift_scores=tuple((k - shift, v) for k, v in res.name_shift_scores),
+                   notes=res.notes + (f"names moved {shift:+d} level(s)",))
+
+
+def reconcile_names(ap: LevelResult, ap_geometry: Geometry, lateral: LevelResult, lateral_geometry: Geometry
+                    ) -> tuple[LevelResult, LevelResult]:
+    """One count of the levels for an AP and a lateral of the same patient position: (the AP
+    named from the lateral, the lateral). Where the two views name their shared interspaces
+    differently, each view's naming evidence (``name_shift_scores``, log-probabilities) is
+    summed over the ways of making them agree, and both views take the best; the AP keeps the
+    original disagreement in ``name_conflicts``, since one count was wrong."""
+    from collections import Counter
+
+    from openfluoro.guidance.naming import CLASSES
+
+    named = transfer_names(ap, ap_geometry, lateral, lateral_geometry)
+    if not named.name_conflicts or not ap.name_shift_scores or not lateral.name_shift_scores:
+        return named, lateral
+    # AP name index - lateral name index, agreed by most of the shared interspaces
+    gap = Counter(CLASSES.index(a) - CLASSES.index(b) for a, b in named.name_conflicts).most_common(1)[0][0]
+    s_ap, s_lat = dict(ap.name_shift_scores), dict(lateral.name_shift_scores)
+    both = {k: s_ap[k] + s_lat[k + gap] for k in s_ap if k + gap in s_lat}
+    if not both:
+        return named, lateral
+    k_ap = max(both, key=both.get)
+    lat2 = shift_names(lateral, k_ap + gap)
+    named2 = transfer_names(ap, ap_geometry, lat2, lateral_geometry)
+    from dataclasses import replace
+
+    return replace(named2, name_conflicts=named.name_conflicts), lat2

@@ -19,7 +19,8 @@ What it reports (``PunctureStatus``):
   phantom landmarks), the distance to the dura along the needle's axis;
 * ``csf_return`` when the frame's events report it (the operator sees CSF at the hub);
 * a warning when an AP and a lateral of the same patient position name an interspace
-  differently: the names shown are the lateral's, but one of the two counts is wrong.
+  differently: one of the two counts is wrong; both views then show the count that the two
+  views' naming evidence together supports best (``levels.reconcile_names``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from openfluoro.geometry.carm import Geometry
 from openfluoro.guidance.depth import Needle3D, SacDistance, SacModel, distance_to_sac, epipolar_line, needle_from_views
 from openfluoro.guidance.interspace import px_per_mm_at_isocentre
 from openfluoro.guidance.background import RETRY_EMPTY_FRAMES, BackgroundLevels, pose_key
-from openfluoro.guidance.levels import LevelResult, detect_levels, endplate_segments, transfer_names, view_frame
+from openfluoro.guidance.levels import LevelResult, detect_levels, endplate_segments, reconcile_names, view_frame
 from openfluoro.guidance.needle import NOT_FOUND, NeedleDetection, NeedleTracker
 
 #: canal depth behind the posterior body line assumed to reach the laminae (mm)
@@ -102,7 +103,7 @@ class PunctureGuide:
         self._poses: dict[tuple, _PoseState] = {}
         self._latest: dict[str, tuple[Geometry, NeedleDetection]] = {}
         self.csf_return = False
-        self._named: tuple[LevelResult, LevelResult, LevelResult] | None = None   # AP, lateral -> named AP
+        self._named: tuple[LevelResult, LevelResult, tuple[LevelResult, LevelResult]] | None = None
 
     def _state(self, image: np.ndarray, geometry: Geometry) -> _PoseState:
         key = pose_key(geometry)
@@ -136,10 +137,11 @@ class PunctureGuide:
         st = self._poses.get(pose_key(geometry))
         return None if st is None else st.levels
 
-    def _names_from_lateral(self, ap: _PoseState, lat: _PoseState) -> LevelResult:
-        """``transfer_names`` for this pair of poses' levels, computed once per pair."""
+    def _one_count(self, ap: _PoseState, lat: _PoseState) -> tuple[LevelResult, LevelResult]:
+        """``reconcile_names`` for this pair of poses' levels (the AP named from the lateral,
+        the lateral), computed once per pair."""
         if self._named is None or self._named[0] is not ap.levels or self._named[1] is not lat.levels:
-            self._named = (ap.levels, lat.levels, transfer_names(ap.levels, ap.geometry, lat.levels, lat.geometry))
+            self._named = (ap.levels, lat.levels, reconcile_names(ap.levels, ap.geometry, lat.levels, lat.geometry))
         return self._named[2]
 
     @staticmethod
@@ -158,18 +160,18 @@ class PunctureGuide:
         conflicts: tuple[tuple[str, str], ...] = ()
         view = levels.view if levels is not None else view_frame(geometry, np.shape(image)).kind
         if levels is not None:
-            # the other view of the same patient position: an AP takes the lateral's names (more
-            # reliable); either view warns when the two count the levels differently
+            # the other view of the same patient position: one count for both (an AP takes the
+            # lateral's names; where the two disagree, the count both views' evidence supports
+            # best), and a warning in either view, since one of the counts was wrong
             other_kind = "lateral" if view == "ap" else "ap"
             pair = next((o for o in self._poses.values() if o.levels is not None and o.levels.view == other_kind
                          and o.geometry.pose.isocentre_lps_mm == geometry.pose.isocentre_lps_mm), None)
             if pair is not None:
                 ap_st = st if view == "ap" else pair
                 lat_st = pair if view == "ap" else st
-                named = self._names_from_lateral(ap_st, lat_st)
-                conflicts = named.name_conflicts
-                if view == "ap":
-                    levels = named
+                named_ap, named_lat = self._one_count(ap_st, lat_st)
+                conflicts = named_ap.name_conflicts
+                levels = named_ap if view == "ap" else named_lat
         # the other view's tip constrains which end of a foreshortened needle is the tip
         other = self._latest.get("lateral" if view == "ap" else "ap")
         st.tracker.epipolar_line = None
