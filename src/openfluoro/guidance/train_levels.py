@@ -20,6 +20,8 @@ random lumbar interspace, random dose, AP/PA, SID) and one lateral (``render_nee
 grid windows within 2 mm of a true interspace centre are positives, windows more than 4.5 mm
 away negatives; a class-balanced logistic regression per view kind gives a linear template.
 The shipped model: 31 phantoms of ``make_cases(70, 77, dev=True)`` (124 frames).
+Re-running this now gives a different template (weights up to 0.6 apart; see
+``benchmarks/RESULTS.md``, real CT), so the shipped one is not reproduced bit for bit.
 """
 
 from __future__ import annotations
