@@ -102,9 +102,7 @@ def test_names_from_the_lateral_and_conflicts_between_the_views(frames):
     unrefined = replace(la, discs=tuple(replace(d, refined=None) for d in la.discs))
     two_u = LV.transfer_names(unrefined, ap.geometry, ll, lat.geometry)
     assert "names from the lateral" in two_u.notes and two_u.name_conflicts == ()
-    shifted = replace(ll, discs=tuple(replace(d, name=CLASSES[CLASSES.index(d.name) - 1])
-                                      for d in ll.discs if d.name in CLASSES[1:]))
-    bad = LV.transfer_names(la, ap.geometry, shifted, lat.geometry)
+    bad = LV.transfer_names(la, ap.geometry, LV.shift_names(ll, -1), lat.geometry)
     assert len(bad.name_conflicts) >= 2
     assert all(CLASSES.index(a) == CLASSES.index(b) + 1 for a, b in bad.name_conflicts)
 
@@ -141,20 +139,14 @@ def test_one_count_for_both_views_follows_the_stronger_evidence(frames, lateral_
 def test_puncture_guide_warns_when_the_views_count_differently(frames, monkeypatch, shift):
     """With an AP and a lateral of the same position, the puncture guide warns (in either
     view) exactly when the lateral names the shared interspaces differently from the AP."""
-    from dataclasses import replace
-
     from openfluoro.guidance import puncture as PG
-    from openfluoro.guidance.naming import CLASSES
 
     _, ap, lat = frames
     real = LV.detect_levels
 
     def detect(image, geometry):
         res = real(image, geometry)
-        if res.view != "lateral" or not shift:
-            return res
-        return replace(res, discs=tuple(replace(d, name=CLASSES[CLASSES.index(d.name) - shift])
-                                        for d in res.discs if d.name in CLASSES[shift:]))
+        return LV.shift_names(res, -shift) if res.view == "lateral" else res
 
     monkeypatch.setattr(PG, "detect_levels", detect)
     guide = PG.PunctureGuide("L4-L5")

@@ -33,7 +33,7 @@ is in millimetres at the isocentre):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -1176,8 +1176,6 @@ def transfer_names(ap: LevelResult, ap_geometry: Geometry, lateral: LevelResult,
 def shift_names(res: LevelResult, shift: int) -> LevelResult:
     """``res`` with every interspace name moved ``shift`` levels caudally (negative: cranially);
     interspaces that would leave T12-L1..L5-S1 are dropped."""
-    from dataclasses import replace
-
     from openfluoro.guidance.naming import CLASSES
 
     if shift == 0:
@@ -1215,9 +1213,9 @@ def reconcile_names(ap: LevelResult, ap_geometry: Geometry, lateral: LevelResult
     both = {k: s_ap[k] + s_lat[k + gap] for k in s_ap if k + gap in s_lat}
     if not both:
         return named, lateral
-    k_ap = max(both, key=both.get)
-    lat2 = shift_names(lateral, k_ap + gap)
+    k_lat = max(both, key=both.get) + gap
+    if k_lat == 0:                           # the lateral's count stands: the AP already has it
+        return named, lateral
+    lat2 = shift_names(lateral, k_lat)
     named2 = transfer_names(ap, ap_geometry, lat2, lateral_geometry)
-    from dataclasses import replace
-
     return replace(named2, name_conflicts=named.name_conflicts), lat2

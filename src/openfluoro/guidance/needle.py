@@ -343,9 +343,10 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
         on2 = on.copy()
         on2[a:b + 1] &= (above[a:b + 1] > 0.35 * plateau) | black[a:b + 1]
         off2 = off | (on & ~on2)
-        sub = _runs(on2[a:b + 1], off2[a:b + 1], max_gap=16, min_len=min(2.0 * min_len_px, b - a))
+        min_len2 = min(2.0 * min_len_px, b - a)
+        sub = _runs(on2[a:b + 1], off2[a:b + 1], max_gap=16, min_len=min_len2)
         sub = [piece for a2, b2 in sub for piece in _split_at_empty_gaps(above, on2, off2, a + a2, a + b2)
-               if piece[1] - piece[0] >= min(2.0 * min_len_px, b - a)]
+               if piece[1] - piece[0] >= min_len2]
         for a2, b2 in sub:
             sel = on2[a2:b2 + 1]
             m = float(np.mean(above[a2:b2 + 1][sel]))
