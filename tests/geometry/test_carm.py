@@ -87,3 +87,19 @@ def test_named_views_and_errors():
         CArmPose(sid_mm=500, sod_mm=700)
     with pytest.raises(ValueError, match="binning"):
         Detector(binning=5)
+
+
+def test_pose_keeps_its_isocentre_as_a_tuple_and_shares_its_matrices():
+    """An array given as the isocentre is kept as a plain tuple (a frozen pose cannot change
+    under its user, and equal poses hash alike); the projection matrix of equal geometries is
+    computed once and cannot be written to."""
+    iso = np.array([1.0, 2.0, 3.0])
+    pose = CArmPose(isocentre_lps_mm=iso)
+    iso[0] = 99.0
+    assert pose.isocentre_lps_mm == (1.0, 2.0, 3.0)
+    g1, g2 = Geometry(pose=pose), Geometry(pose=CArmPose(isocentre_lps_mm=(1.0, 2.0, 3.0)))
+    assert g1.projection_matrix() is g2.projection_matrix()
+    with pytest.raises(ValueError):
+        g1.projection_matrix()[0, 0] = 1.0
+    with pytest.raises(ValueError, match="3 coordinates"):
+        CArmPose(isocentre_lps_mm=(1.0, 2.0))

@@ -127,6 +127,31 @@ def test_sacral_line_turned_to_the_wedge_of_the_disc_above():
     assert dict(caudal_wedge_bound([("L5-S1", flat)]))["L5-S1"] is flat
 
 
+def test_lower_line_found_as_a_whole_line_past_a_stronger_partial_edge():
+    """The top of S1: a weak straight edge (contrast 50) wedged 15 deg against the upper line;
+    across the back half of the body a stronger edge (80), flat, as an iliac wing puts there,
+    on which the detected line starts. The search over whole lines finds the top of S1."""
+    import math
+
+    from openfluoro.guidance.interspace import lower_line_search
+
+    size, c = 200, 99.5
+    slope = -math.tan(math.radians(15.0))
+    u = np.arange(size)[None, :] - c
+    img = np.zeros((size, size))
+    for k in range(8):                                               # 8x supersampled across
+        v = np.arange(size)[:, None] - c + (k + 0.5) / 8 - 0.5
+        disc = (v > -10.0) & (v < 10.0 + slope * u)
+        img += np.where(disc, 200.0, np.where(v <= -10.0, 60.0, 150.0)) - np.where((v > 12.0) & (u > 0), 80.0, 0.0)
+    img = (img / 8 + np.random.default_rng(3).normal(0.0, 10.0, img.shape)).astype(np.float32)
+    start = RefinedDisc(np.array([c, c]), np.array([1.0, 0.0]), np.array([0.0, 1.0]), (-10.0, 0.0), (12.0, 0.0),
+                        -30.0 * P, 30.0 * P, 1.0, 0.1)
+    rd = lower_line_search(img, P, start)
+    assert rd.lower[1] == pytest.approx(slope, abs=math.tan(math.radians(1.0)))
+    assert rd.lower[0] == pytest.approx(10.0, abs=0.5)                # middle (u = 0) within 0.25 mm
+    assert rd.upper == start.upper
+
+
 def test_ray_obliquity_is_the_angle_of_the_ray_through_the_disc():
     """Against the 3-D ray from the source to a point 50 mm cranial of the isocentre on a
     lateral: its angle to the axial plane (the plane of a level disc)."""

@@ -22,6 +22,7 @@ image shows the patient with the head up and the patient's left on the right
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
@@ -123,6 +124,10 @@ class CArmPose:
     isocentre_lps_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
+        iso = tuple(float(v) for v in np.asarray(self.isocentre_lps_mm, dtype=float).ravel())
+        if len(iso) != 3:
+            raise ValueError(f"CArmPose isocentre_lps_mm needs 3 coordinates, got {self.isocentre_lps_mm!r}")
+        object.__setattr__(self, "isocentre_lps_mm", iso)        # a plain tuple: immutable, hashable
         if not (0 < self.sod_mm < self.sid_mm):
             raise ValueError(
                 f"CArmPose needs 0 < sod_mm < sid_mm, got sod_mm={self.sod_mm}, sid_mm={self.sid_mm}"
@@ -134,12 +139,9 @@ class CArmPose:
 
     # -- directions -----------------------------------------------------------------
     def rotation(self) -> np.ndarray:
-        """3x3 rotation taking the 0/0 frame to this pose: R = Rz(primary) @ Rx(-secondary)."""
-        a = np.deg2rad(self.primary_deg)
-        b = np.deg2rad(self.secondary_deg)
-        rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
-        rx = np.array([[1, 0, 0], [0, np.cos(-b), -np.sin(-b)], [0, np.sin(-b), np.cos(-b)]])
-        return rz @ rx
+        """3x3 rotation taking the 0/0 frame to this pose: R = Rz(primary) @ Rx(-secondary)
+        (read-only: computed once per pair of angles, as the guidance asks for it per call)."""
+        return _rotation(self.primary_deg, self.secondary_deg)
 
     @property
     def to_detector(self) -> np.ndarray:
@@ -202,14 +204,7 @@ class Geometry:
         For a point X: ``[c*w, r*w, w] = P @ [X, 1]``; ``w`` is the distance from the
         source along the beam axis, so ``w > 0`` for points between source and detector.
         """
-        pose, det = self.pose, self.detector
-        s = pose.source_lps_mm
-        d, u, v = pose.to_detector, pose.u_axis, pose.v_axis
-        f = pose.sid_mm / det.image_pitch_mm
-        c0 = (det.image_cols - 1) / 2.0
-        r0 = (det.image_rows - 1) / 2.0
-        m = np.vstack([f * u + c0 * d, f * v + r0 * d, d])
-        return np.hstack([m, -(m @ s)[:, None]])
+        return _projection_matrix(self.pose, self.detector)
 
     def project(self, points_lps_mm: np.ndarray) -> np.ndarray:
         """Project (N, 3) LPS points to (N, 2) image (col, row) coordinates."""
@@ -235,6 +230,31 @@ class Geometry:
 
     def with_pose(self, pose: CArmPose) -> "Geometry":
         return replace(self, pose=pose)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+@lru_cache(maxsize=256)
+def _rotation(primary_deg: float, secondary_deg: float) -> np.ndarray:
+    a = np.deg2rad(primary_deg)
+    b = np.deg2rad(secondary_deg)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(-b), -np.sin(-b)], [0, np.sin(-b), np.cos(-b)]])
+    return _read_only(rz @ rx)
+
+
+@lru_cache(maxsize=256)
+def _projection_matrix(pose: CArmPose, det: Detector) -> np.ndarray:
+    s = pose.source_lps_mm
+    d, u, v = pose.to_detector, pose.u_axis, pose.v_axis
+    f = pose.sid_mm / det.image_pitch_mm
+    c0 = (det.image_cols - 1) / 2.0
+    r0 = (det.image_rows - 1) / 2.0
+    m = np.vstack([f * u + c0 * d, f * v + r0 * d, d])
+    return _read_only(np.hstack([m, -(m @ s)[:, None]]))
 
 
 # Named standard views: (primary_deg, secondary_deg). The view name says where the beam

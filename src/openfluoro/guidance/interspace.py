@@ -90,6 +90,17 @@ CENTROID_MARGIN_MM = 3.0
 #: long). Where a disc is flatter than that bound, its lower line is turned about the middle
 #: of the disc to the bound
 CAUDAL_WEDGE_MARGIN_DEG = {"L4-L5": 2.0, "L5-S1": 0.0}
+#: the lower lines of the two discs behind the pelvis -- the top of L5, crossed by the arc of
+#: the iliac crest, and the top of S1, a weak edge behind the iliac wings -- follow their edge
+#: points wherever the pelvis puts a stronger edge next to them. They are searched as whole
+#: straight lines instead (``lower_line_search``): turned from parallel to the upper line to
+#: this lordotic wedge (these discs are wedged ~5-20 deg in adults), moved this far (mm)
+#: across the disc about the detected middle. On the development laterals (the sets this was
+#: chosen on; 554 discs) the interspace MAE went from 0.469 to 0.429 mm: L5-S1 (33 discs,
+#: posterior heights up to 9 mm long before) 1.22 -> 0.66 mm, L4-L5 (77) 0.53 -> 0.48 mm
+LINE_SEARCH_LEVELS = ("L4-L5", "L5-S1")
+LINE_SEARCH_WEDGE_MAX_DEG = 30.0
+LINE_SEARCH_SHIFT_MM = 1.5
 
 
 def _robust_line(u: np.ndarray, v: np.ndarray, w: np.ndarray, scale: float) -> tuple[float, float]:
@@ -162,6 +173,51 @@ def centroid_lines(norm: np.ndarray, px_per_mm: float, rd: RefinedDisc,
         return rd
     return RefinedDisc(rd.c, rd.a, rd.n, (u0 - inset, us_), (l0 + inset, ls_), rd.u_front, rd.u_back, rd.strength,
                        rd.residual_px)
+
+
+def lower_line_search(norm: np.ndarray, px_per_mm: float, rd: RefinedDisc) -> RefinedDisc:
+    """``rd`` with its lower line replaced by the straight line along which the image darkens
+    most, on average, from the disc into the bone below: wedges from 0 to
+    ``LINE_SEARCH_WEDGE_MAX_DEG`` (1 deg steps), shifts of +-``LINE_SEARCH_SHIFT_MM`` (0.25 mm) about the
+    middle of the detected line; contrast taken 1 mm either side of the line, averaged +-1 mm
+    along the disc, over the body less 3 mm at each margin."""
+    P = px_per_mm
+    um = 0.5 * (rd.u_front + rd.u_back)
+    us = np.arange(rd.u_front + CENTROID_MARGIN_MM * P, rd.u_back - CENTROID_MARGIN_MM * P + 0.01, 0.5 * P)
+    if len(us) < 12:
+        return rd
+    lo_mid = rd.lower[0] + rd.lower[1] * um
+    step = 0.25
+    reach = (LINE_SEARCH_SHIFT_MM + 2.0) * P + math.tan(math.radians(LINE_SEARCH_WEDGE_MAX_DEG)) * (um - us[0])
+    vs = np.arange(lo_mid - reach, lo_mid + reach + step, step)
+    xs = rd.c[0] + us[:, None] * rd.a[0] + vs[None, :] * rd.n[0]
+    ys = rd.c[1] + us[:, None] * rd.a[1] + vs[None, :] * rd.n[1]
+    prof = F.bilinear(norm, xs.ravel().astype(np.float64), ys.ravel().astype(np.float64)).reshape(xs.shape)
+    if np.isnan(prof).mean() > 0.2:
+        return rd
+    prof = np.where(np.isnan(prof), np.nanmean(prof), prof).astype(np.float64)
+    k = 2                                                         # +-1 mm along the disc
+    cs = np.cumsum(np.pad(prof, ((k, k), (0, 0)), mode="edge"), axis=0)
+    prof = ((cs[2 * k:] - cs[:-2 * k]) / (2 * k))[: len(us)]
+    d = max(1, int(round(1.0 * P / step)))
+    contrast = np.full_like(prof, np.nan)
+    contrast[:, d:-d] = prof[:, :-2 * d] - prof[:, 2 * d:]        # disc above minus bone below
+    slopes = rd.upper[1] - np.tan(np.radians(np.arange(0.0, LINE_SEARCH_WEDGE_MAX_DEG + 0.01, 1.0)))
+    shifts = np.arange(-LINE_SEARCH_SHIFT_MM, LINE_SEARCH_SHIFT_MM + 0.01, 0.25) * P
+    v = lo_mid + shifts[None, :, None] + slopes[:, None, None] * (us - um)[None, None, :]
+    idx = (v - vs[0]) / step
+    i0 = np.clip(np.floor(idx).astype(int), 0, len(vs) - 2)
+    f = idx - i0
+    rows = np.arange(len(us))[None, None, :]
+    score = (contrast[rows, i0] * (1.0 - f) + contrast[rows, i0 + 1] * f).mean(axis=2)
+    above = (v - (rd.upper[0] + rd.upper[1] * us)[None, None, :]).min(axis=2) < 0.3 * P
+    score = np.where(above | np.isnan(score), -np.inf, score)
+    if not np.isfinite(score.max()):
+        return rd
+    a, b = np.unravel_index(int(np.argmax(score)), score.shape)
+    ls = float(slopes[a])
+    return RefinedDisc(rd.c, rd.a, rd.n, rd.upper, (float(lo_mid + shifts[b] - ls * um), ls), rd.u_front, rd.u_back,
+                       rd.strength, rd.residual_px)
 
 
 def ray_obliquity(geometry: Geometry, frame: ViewFrame, rd: RefinedDisc) -> float:
@@ -255,10 +311,12 @@ def measure_interspaces(image: np.ndarray | None, geometry: Geometry, levels: Le
 def _centroid_heights(norm: np.ndarray, geometry: Geometry, frame: ViewFrame,
                       discs: Sequence[tuple[str | None, RefinedDisc]]) -> list[InterspaceHeight]:
     """Heights of named discs from their lines re-located on the edge centroids (the window
-    widened for the ray obliquity), the caudal lines bounded (``caudal_wedge_bound``) and the
-    obliquity corrected."""
+    widened for the ray obliquity; the lower lines behind the pelvis searched first as whole
+    lines, ``lower_line_search``), the caudal lines bounded (``caudal_wedge_bound``) and the obliquity
+    corrected."""
     P = px_per_mm_at_isocentre(geometry)
-    lines = [(name, centroid_lines(norm, P, rd, CENTROID_HALF_MM + BAND_HALF_WIDTH_MM * ray_obliquity(geometry, frame, rd)))
+    lines = [(name, centroid_lines(norm, P, lower_line_search(norm, P, rd) if name in LINE_SEARCH_LEVELS else rd,
+                                   CENTROID_HALF_MM + BAND_HALF_WIDTH_MM * ray_obliquity(geometry, frame, rd)))
              for name, rd in discs]
     return [heights_of(rd, frame, name, P, tan_obliquity=ray_obliquity(geometry, frame, rd))
             for name, rd in caudal_wedge_bound(lines)]
