@@ -167,3 +167,22 @@ def test_two_view_depth_on_rendered_frames(rendered):
     n3 = needle_from_views([ap[-1].geometry, lat[-1].geometry], [tip_ap, dl.tip_px], [tail_ap, dl.tail_px])
     assert np.linalg.norm(np.asarray(n3.tip_lps_mm) - s.needle.tip_lps_mm) < 2.0
     assert float(np.dot(n3.axis_lps, s.needle.axis)) > 0.98
+
+
+def test_line_refit_converges_on_the_needle_from_a_start_off_and_turned():
+    """The refit of a candidate line (``needle._refine``: sub-pixel centres of the dark profile,
+    weighted principal axis), repeated, lands on the drawn needle's centre line from a start
+    1.5 px off it and turned by 2 deg."""
+    from openfluoro.guidance.needle import _Line, _refine
+
+    tail, tip = np.array([120.3, 340.6]), np.array([390.8, 250.1])
+    img = np.clip(_draw_needle(_background(4, sigma=3.0), tail, tip), 0, 255).astype(np.float32)
+    u = (tip - tail) / np.hypot(*(tip - tail))
+    turn = math.radians(2.0)
+    d0 = np.array([u[0] * math.cos(turn) - u[1] * math.sin(turn), u[0] * math.sin(turn) + u[1] * math.cos(turn)])
+    mid = 0.5 * (tail + tip)
+    L = float(np.hypot(*(tip - tail)))
+    line = _refine(img, _Line(mid + 1.5 * np.array([-u[1], u[0]]), d0), -0.45 * L, 0.45 * L, iterations=4)
+    assert abs(float(line.d @ u)) > math.cos(math.radians(0.05))
+    for p in (tail, mid, tip):                   # distance of the needle's points from the line
+        assert abs(float((p - line.p0) @ np.array([-line.d[1], line.d[0]]))) < 0.02

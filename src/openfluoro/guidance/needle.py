@@ -188,44 +188,91 @@ def _profile(img: np.ndarray, line: _Line, t_lo: float, t_hi: float, step: float
     return ts, prof
 
 
+@numba.njit(cache=True, nogil=True)
+def _refit(prof, ts, p0x, p0y, dx, dy):
+    """One refit of ``_refine`` from the profiles across the line: (done, centre x, y,
+    direction x, y); done is False where too few samples show the needle."""
+    n = prof.shape[0]
+    ok = np.zeros(n, np.bool_)
+    for k in range(n):
+        ok[k] = not np.isnan(prof[k]).any()
+    if ok.sum() < 8:
+        return False, 0.0, 0.0, 0.0, 0.0
+    m = int(ok.sum())
+    w = np.empty(m, np.float64)
+    off = np.empty(m, np.float64)
+    t = np.empty(m, np.float64)
+    i = 0
+    for k in range(n):
+        if not ok[k]:
+            continue
+        p = prof[k]                         # float32 arithmetic, as the profiles
+        flank = (p[0] + p[1] + p[7] + p[8]) * np.float32(0.5) / np.float32(2.0)
+        y0, y1, y2 = p[3], p[4], p[5]
+        if y0 <= y1 and y0 <= y2:           # darkest sample left of the centre
+            o = -1.0
+        elif y1 <= y2:                      # at the centre: parabola vertex
+            den = y0 - np.float32(2.0) * y1 + y2
+            o = float(np.float32(0.5) * (y0 - y2) / den) if den > np.float32(1e-3) else 0.0
+            o = min(max(o, -1.0), 1.0)
+        else:
+            o = 1.0
+        off[i] = o
+        w[i] = max(float(flank - y1), 0.0)
+        t[i] = ts[k]
+        i += 1
+    if w.sum() <= 0.0:
+        return False, 0.0, 0.0, 0.0, 0.0
+    keep = w >= 0.3 * np.quantile(w, 0.9)
+    if keep.sum() < 6:
+        return False, 0.0, 0.0, 0.0, 0.0
+    nx, ny = -dy, dx
+    sw = sx = sy = 0.0
+    for k in range(m):
+        if keep[k]:
+            x = p0x + t[k] * dx + off[k] * nx
+            y = p0y + t[k] * dy + off[k] * ny
+            sw += w[k]
+            sx += w[k] * x
+            sy += w[k] * y
+    cx, cy = sx / sw, sy / sw
+    a = b = c = 0.0
+    for k in range(m):
+        if keep[k]:
+            qx = p0x + t[k] * dx + off[k] * nx - cx
+            qy = p0y + t[k] * dy + off[k] * ny - cy
+            a += w[k] * qx * qx
+            b += w[k] * qx * qy
+            c += w[k] * qy * qy
+    # principal axis of the symmetric 2x2 [[a, b], [b, c]]
+    lam = 0.5 * (a + c) + math.sqrt(0.25 * (a - c) ** 2 + b * b)
+    if abs(b) > 1e-12 * (abs(a) + abs(c)):
+        ex, ey = (b, lam - a) if a < c else (lam - c, b)
+    else:
+        ex, ey = (1.0, 0.0) if a >= c else (0.0, 1.0)
+    nrm = math.hypot(ex, ey)
+    ex, ey = ex / nrm, ey / nrm
+    if ex * dx + ey * dy < 0.0:
+        ex, ey = -ex, -ey
+    return True, cx, cy, ex, ey
+
+
 def _refine(img: np.ndarray, line: _Line, t_lo: float, t_hi: float, iterations: int = 2) -> _Line:
-    """Refit the line to the sub-pixel centres of the dark profile along it."""
+    """Refit the line to the sub-pixel centres of the dark profile along it: per sample, the
+    darkest of the three central offsets (a parabola through them where it is the middle),
+    weighted by its depth below the flanks; the line through the weighted centre along the
+    principal axis (samples shallower than 0.3 x the 90th-percentile depth left out)."""
     for _ in range(iterations):
         ts, prof = _profile(img, line, t_lo, t_hi, 1.0)
-        ok = ~np.isnan(prof).any(axis=1)
-        if ok.sum() < 8:
+        done, cx, cy, ex, ey = _refit(prof, ts, float(line.p0[0]), float(line.p0[1]), float(line.d[0]), float(line.d[1]))
+        if not done:
             return line
-        p = prof[ok]
-        t = ts[ok]
-        flank = 0.5 * (p[:, 0] + p[:, 1] + p[:, 7] + p[:, 8]) / 2.0
-        centre = p[:, 3:6]
-        j = np.argmin(centre, axis=1)
-        y0, y1, y2 = p[:, 3], p[:, 4], p[:, 5]
-        den = y0 - 2 * y1 + y2
-        off = np.where(den > 1e-3, 0.5 * (y0 - y2) / np.maximum(den, 1e-3), 0.0)
-        off = np.clip(off, -1.0, 1.0)
-        off = np.where(j == 1, off, np.where(j == 0, -1.0, 1.0))
-        w = np.clip(flank - y1, 0.0, None)
-        if w.sum() <= 0:
-            return line
-        # keep the samples with clear contrast (the needle itself, not the empty continuation)
-        keep = w >= 0.3 * _q(w, 0.9)
-        if keep.sum() < 6:
-            return line
-        w = w[keep]
-        nrm = np.array([-line.d[1], line.d[0]])
-        pts = line.p0[None, :] + t[keep, None] * line.d[None, :] + off[keep, None] * nrm[None, :]
-        c = (w[:, None] * pts).sum(0) / w.sum()
-        q = pts - c
-        cov = (w[:, None, None] * q[:, :, None] * q[:, None, :]).sum(0)
-        evals, evecs = np.linalg.eigh(cov)
-        d = evecs[:, 1]
-        if d @ line.d < 0:
-            d = -d
+        c = np.array([cx, cy])
+        d = np.array([ex, ey])
         # re-express the segment bounds about the new origin
         shift = float((c - line.p0) @ d)
         t_lo, t_hi = t_lo - shift, t_hi - shift
-        line = replace(line, p0=c, d=d / np.linalg.norm(d))
+        line = replace(line, p0=c, d=d)
     line.t0, line.t1 = t_lo, t_hi
     return line
 
@@ -620,9 +667,9 @@ def _candidates(img: np.ndarray, mask: np.ndarray, n_lines: int, roi_line: _Line
     sub = np.ascontiguousarray(img[r0:r1, c0:c1])
     if sub.shape[0] < 8 or sub.shape[1] < 8:
         return []
-    sm = F.blur_fast(sub, 1.0)
-    strength = np.empty_like(sm)
-    lap = np.empty_like(sm)
+    sm = F.blur_fast(sub, 1.0, out=F.scratch("candidates.sm", sub.shape))
+    strength = F.scratch("candidates.strength", sub.shape)
+    lap = F.scratch("candidates.lap", sub.shape)
     F.ridge_and_laplacian(sm, strength, lap)
     sample = strength[::3, ::3][mk[::3, ::3]]
     if sample.size == 0:
