@@ -1,4 +1,4 @@
-"""Level detection off the frame path: the frame that starts it does not wait, the result is
+"""Detection off the frame path: the frame that starts it does not wait, the result is
 the in-line detection's, and a puncture guide takes it up when it is there."""
 
 import threading
@@ -17,7 +17,7 @@ def test_first_frame_does_not_wait_and_the_result_is_the_in_line_one(lateral_fra
         return detect_levels(image, geometry)
 
     monkeypatch.setattr(BG, "detect_levels", held)
-    bg = BG.BackgroundLevels()
+    bg = BG.BackgroundDetection()
     try:
         assert bg.get(frame.image, frame.geometry) is None             # started, not waited for
         assert bg.get(frame.image, frame.geometry) is None             # one detection per pose
@@ -33,7 +33,7 @@ def test_first_frame_does_not_wait_and_the_result_is_the_in_line_one(lateral_fra
 
 def test_puncture_guide_takes_up_the_levels_when_they_arrive(lateral_frame):
     frame = lateral_frame
-    bg = BG.BackgroundLevels()
+    bg = BG.BackgroundDetection()
     try:
         guide = PunctureGuide("L2-L3", background=bg)
         first = guide.update(frame.image, frame.geometry)
@@ -43,4 +43,49 @@ def test_puncture_guide_takes_up_the_levels_when_they_arrive(lateral_frame):
         lv = guide.levels_at(frame.geometry)
         assert lv is not None and lv.disc("L2-L3") is not None
     finally:
+        bg.close()
+
+
+def test_needle_search_runs_on_the_worker_and_a_later_frame_takes_it_up(monkeypatch):
+    """A tracker with a worker never waits for a whole-frame needle search: the frames while it
+    runs report no needle; the first after it follows the line it found, the in-line tracker's
+    needle to within half a pixel."""
+    import numpy as np
+
+    from openfluoro.geometry.carm import CArmPose, Detector, Geometry, standard_view
+    from openfluoro.guidance import needle as N
+
+    g = Geometry(standard_view("lateral_left", CArmPose()), Detector.square(512, 300.0))
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:512, 0:512].astype(float)
+    img = 140.0 + 30.0 * np.sin(xx / 90.0) + rng.normal(0.0, 5.0, (512, 512))
+    tip, tail = np.array([230.3, 300.6]), np.array([380.0, 250.0])
+    u = (tip - tail) / np.hypot(*(tip - tail))
+    t = (xx - tail[0]) * u[0] + (yy - tail[1]) * u[1]
+    s = np.abs(-(xx - tail[0]) * u[1] + (yy - tail[1]) * u[0])
+    along = np.clip(np.minimum(t + 0.5, np.hypot(*(tip - tail)) - t + 0.5), 0.0, 1.0)
+    img = np.clip(img - 110.0 * np.clip(1.5 - s, 0.0, 1.0) * along, 0, 255).astype(np.uint8)
+
+    gate = threading.Event()
+    real = N.detect_needle
+
+    def held(*args, **kwargs):
+        gate.wait(10.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(N, "detect_needle", held)
+    bg = BG.BackgroundDetection()
+    try:
+        tracker = N.NeedleTracker(background=bg)
+        assert not tracker.update(img, g).found            # search started, not waited for
+        assert not tracker.update(img, g).found            # still running
+        gate.set()
+        bg.submit(lambda: None).result(timeout=30.0)       # the worker is past the search
+        det = tracker.update(img, g)
+        ref = N.NeedleTracker().update(img, g)
+        assert det.found and ref.found
+        assert np.hypot(*np.subtract(det.tip_px, ref.tip_px)) < 0.5
+        assert np.hypot(*np.subtract(det.tail_px, ref.tail_px)) < 0.5
+    finally:
+        gate.set()
         bg.close()

@@ -20,7 +20,7 @@ frame's ground truth is read.
 
 Each stream of frames needs its own state (trackers, baseline): the console calls
 ``fresh()`` for replays and cine exports so they never disturb the live trackers. A live
-stream detects the levels of a new C-arm pose in the background (``BackgroundLevels``: the
+stream detects the levels of a new C-arm pose in the background (``BackgroundDetection``: the
 frame path keeps the pace of the pulses, the labels follow a frame or two later); a cine
 export (``fresh(live=False)``) detects them in line so that every exported frame has them.
 """
@@ -36,7 +36,7 @@ import numpy as np
 from openfluoro.console.overlay import (COLOR_ALERT, COLOR_CALIPER, COLOR_LEVEL, COLOR_NEEDLE, COLOR_TARGET,
                                         OverlayContext, Primitive)
 from openfluoro.geometry.carm import Geometry
-from openfluoro.guidance.background import BackgroundLevels
+from openfluoro.guidance.background import BackgroundDetection
 from openfluoro.guidance.decompression import DecompressionMonitor
 from openfluoro.guidance.interspace import InterspaceHeight, InterspaceTracker
 from openfluoro.guidance.levels import LevelResult, detect_levels, view_frame
@@ -60,7 +60,7 @@ class DetectedOverlay:
     """Overlay source built on the guidance detectors (one instance per stream of frames)."""
 
     def __init__(self, live: bool = True) -> None:
-        self._background = BackgroundLevels() if live else None
+        self._background = BackgroundDetection() if live else None
         self._guide: PunctureGuide | None = None
         self._plan: _Plan | None = None
         self._patient: Any = None

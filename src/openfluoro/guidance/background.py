@@ -1,29 +1,41 @@
-"""Level detection off the frame path, for live sessions.
+"""Whole-frame detections off the frame path, for live sessions.
 
-``detect_levels`` takes ~50-60 ms for a 512 x 512 frame (once per C-arm pose); every other
-piece of guidance for a frame takes a few ms. Run in line, the first frame after a C-arm move
-would take four frame periods' worth of the 15 ms budget (issue 5). ``BackgroundLevels`` runs
-the detection on a worker thread instead: the frame that starts it goes on without levels
-(needle tracking does not need them), and the levels are there one or two frames later. Its
-compiled kernels release the GIL, so on two cores the frame path keeps its pace while the
-detection runs (``benchmarks/guidance.py``: the pose-change rows).
+``detect_levels`` takes ~50-70 ms for a 512 x 512 frame (once per C-arm pose) and a
+whole-frame needle search ~10 ms (a new pose, a lost needle) -- twice as long when the frame
+comes after a pause with nothing running, as paced frames do on a shared machine
+(``benchmarks/guidance.py``); following a tracked needle and the other guidance of a frame
+take a few ms. Run in line, these would take the first frames after a C-arm move over the
+15 ms budget of issue 5. ``BackgroundDetection`` runs them on one worker thread instead, in
+the order asked: the frame that starts one goes on without its result, which is there one
+or two frames later (the needle tracker takes the line found up and follows it into the
+frame at hand, ``needle.NeedleTracker``). The compiled kernels release the GIL, so on two
+cores the frame path keeps its pace while the detection runs. Between kernels the worker
+holds the GIL, and the frame path waits for it up to the interpreter's switch interval each
+time (5 ms by default, a third of the budget; frames that took 17-31 ms in 2 of 5 benchmark
+runs); a live session shortens it to ``SWITCH_INTERVAL_S`` (none over 15 ms in 3 runs).
 
-The evaluation calls ``detect_levels`` in line: it scores what is detected, not when.
+The evaluation calls the detectors in line: it scores what is detected, not when.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from openfluoro.geometry.carm import Geometry
 from openfluoro.guidance.levels import LevelResult, detect_levels
 
+T = TypeVar("T")
+
 #: a pose whose detection found no interspace (spine out of the field, collimated away) is
 #: searched again after this many frames, not on every frame
 RETRY_EMPTY_FRAMES = 8
+#: the longest the frame path waits for the GIL while the worker runs Python code (s)
+SWITCH_INTERVAL_S = 0.0005
 
 
 def pose_key(g: Geometry) -> tuple:
@@ -33,11 +45,16 @@ def pose_key(g: Geometry) -> tuple:
             tuple(round(v, 2) for v in p.isocentre_lps_mm), g.detector)
 
 
-class BackgroundLevels:
-    """Levels per C-arm pose, detected on one worker thread; ``get`` never waits."""
+class BackgroundDetection:
+    """Levels per C-arm pose, and whole-frame needle searches (``submit``), on one worker
+    thread; nothing here waits for a detection."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openfluoro-levels")
+        """Starts the worker; shortens the interpreter's switch interval to
+        ``SWITCH_INTERVAL_S`` for the whole process (a live session is a real-time process)."""
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openfluoro-detection")
         self._lock = threading.Lock()
         self._jobs: dict[tuple, tuple[Future, int]] = {}      # pose -> (detection, frame it started)
         self._frame = 0
@@ -67,6 +84,11 @@ class BackgroundLevels:
             if job is None:
                 fut = self._pool.submit(detect_levels, np.array(image, copy=True), geometry)
                 self._jobs[key] = (fut, self._frame)
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> "Future[T]":
+        """Run ``fn`` on the worker after what is already queued (the caller passes copies
+        of what it will change)."""
+        return self._pool.submit(fn, *args, **kwargs)
 
     def wait(self, geometry: Geometry, timeout_s: float | None = None) -> LevelResult | None:
         """The levels of a pose whose detection has started, waiting for it (tests)."""

@@ -30,7 +30,7 @@ import numpy as np
 
 from openfluoro.geometry.carm import Geometry
 from openfluoro.guidance import _filters as F
-from openfluoro.guidance.background import RETRY_EMPTY_FRAMES, BackgroundLevels
+from openfluoro.guidance.background import RETRY_EMPTY_FRAMES, BackgroundDetection
 from openfluoro.guidance.levels import (ENDPLATE_INSET_MM, LevelResult, RefinedDisc, ViewFrame, detect_levels,
                                         refine_disc, remeasure_disc)
 
@@ -407,7 +407,7 @@ class InterspaceTracker:
     #: frames between two searches for a disc that stays lost
     REACQUIRE_EVERY = 4
 
-    def __init__(self, redetect_every: int = 0, background: BackgroundLevels | None = None) -> None:
+    def __init__(self, redetect_every: int = 0, background: BackgroundDetection | None = None) -> None:
         """``background``: detect the levels of a new pose off the frame path (live sessions;
         no heights until they are there); without it, in line on the pose's first frame."""
         self.redetect_every = redetect_every

@@ -37,8 +37,9 @@ measurement far from the prediction restarts the track.
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import numba
 import numpy as np
@@ -961,6 +962,22 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
                            float(best.score))
 
 
+def _stronger_elsewhere(img: np.ndarray, geometry: Geometry, prior: TipPrior, needle_od_mm: float, noise: float,
+                        mid: np.ndarray, exclude: Sequence, score: float) -> NeedleDetection:
+    """What ``NeedleTracker._check_elsewhere`` does over two frames, at once (on a worker): the
+    full detection where a needle-like line off the tracked one (through ``mid``) scores over
+    1.2 x the tracked ``score``, else NOT_FOUND."""
+    img = np.ascontiguousarray(img, dtype=np.float32)
+    px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
+    others = [ln for ln in _candidates(img, _mask_for(img), 4)
+              if abs(float((mid - ln.p0) @ np.array([-ln.d[1], ln.d[0]]))) >= 6.0]
+    other = _evaluate(img, others, noise, 4.0 * px_per_mm, prune=0.5, exclude=exclude,
+                      exclude_tol_px=EXCLUDE_TOL_MM * px_per_mm)
+    if other is None or other.score <= 1.2 * score:
+        return NOT_FOUND
+    return detect_needle(img, geometry, prior, needle_od_mm, noise=noise, exclude_segments=exclude)
+
+
 @dataclass
 class NeedleTracker:
     """Tracks one needle over the frames of a run (one C-arm pose; a new pose restarts it).
@@ -993,6 +1010,11 @@ class NeedleTracker:
     hold_max_frames: int = 30
     #: straight anatomy at this pose that is not the needle (``detect_needle``'s ``exclude_segments``)
     exclude_segments: list = field(default_factory=list)
+    #: where whole-frame searches run (``background.BackgroundDetection``: live sessions), so
+    #: that no frame waits for one (``_full_search``); None: in line
+    background: Any = None
+    _search: tuple[Geometry, Future] | None = None
+    _elsewhere: Future | None = None
     _geometry: Geometry | None = None
     _tip: np.ndarray | None = None
     _tail: np.ndarray | None = None
@@ -1012,6 +1034,8 @@ class NeedleTracker:
         self._misses = 0
         self._held = 0
         self._pending = []
+        self._search = None
+        self._elsewhere = None
         self.last = NOT_FOUND
 
     @property
@@ -1032,12 +1056,60 @@ class NeedleTracker:
         return detect_needle(image, geometry, prior, self.needle_od_mm, noise=noise,
                              exclude_segments=self.exclude_segments, **search)
 
+    def _full_search(self, image: np.ndarray, geometry: Geometry, prior: TipPrior, noise: float) -> NeedleDetection:
+        """The whole-frame search, in line or (with ``background``) on the worker: a frame that
+        needs one starts it and goes on without a needle; the first frame after it finished
+        follows the line it found into itself (the band search of tracking, a few ms) -- the
+        needle moves little in a frame or two -- or, where that finds nothing there (an end-on
+        spot, a line just withdrawn), reports what the search found; a search that found
+        nothing is started again from the frame at hand."""
+        if self.background is None:
+            return self._detect(image, geometry, prior, noise)
+        job = self._search
+        if job is not None and job[0] == geometry and not job[1].done():
+            return NOT_FOUND
+        self._search = None
+        found = job[1].result() if job is not None and job[0] == geometry else NOT_FOUND
+        if not found.found:
+            self._search = (geometry, self.background.submit(
+                detect_needle, np.array(image, copy=True), geometry, prior, self.needle_od_mm, noise=noise,
+                exclude_segments=list(self.exclude_segments)))
+            return NOT_FOUND
+        return self._follow(found, image, geometry, prior, noise)
+
+    def _follow(self, found: NeedleDetection, image: np.ndarray, geometry: Geometry, prior: TipPrior,
+                noise: float) -> NeedleDetection:
+        """A needle found on the worker in an earlier frame, looked for in this one in the band
+        around its line (what it found where that shows nothing: an end-on spot, a withdrawn
+        needle's last place)."""
+        tail, tip = np.asarray(found.tail_px, float), np.asarray(found.tip_px, float)
+        L = float(np.hypot(*(tip - tail)))
+        if L > 12.0 and not found.tip_cue.startswith("end-on"):
+            det = self._detect(image, geometry, prior, noise, roi=(tail, (tip - tail) / L, 0.0, L))
+            if det.found:
+                return replace(det, tracked=False)
+        return found
+
     def _check_elsewhere(self, image: np.ndarray, geometry: Geometry, det: NeedleDetection,
                          noise: float) -> NeedleDetection:
         """The whole-frame search while a line is tracked, spread over two frames: every
         ``full_search_every``-th frame collects the frame's candidate lines off the tracked
         one; the next frame measures them, and a clearly stronger needle-like line elsewhere
-        restarts the track with a full detection."""
+        restarts the track with a full detection. With ``background`` all of it runs on the
+        worker (``_stronger_elsewhere``) and a later frame takes up what it found."""
+        if self.background is not None:
+            job = self._elsewhere
+            if job is not None and job.done():
+                self._elsewhere = None
+                full = job.result()
+                if full.found:
+                    return self._follow(full, image, geometry, self._prior(), noise)
+            elif job is None and self._frames % self.full_search_every == 0:
+                mid = 0.5 * (np.asarray(det.tail_px, float) + np.asarray(det.tip_px, float))
+                self._elsewhere = self.background.submit(
+                    _stronger_elsewhere, np.array(image, copy=True), geometry, self._prior(), self.needle_od_mm,
+                    noise, mid, list(self.exclude_segments), det.score)
+            return det
         pending = getattr(self, "_pending", [])
         self._pending = []
         if pending:
@@ -1129,7 +1201,7 @@ class NeedleTracker:
                     det = self._check_elsewhere(image, geometry, det, noise)
         if not det.found:
             self._pending = []
-            det = self._detect(image, geometry, prior, noise)
+            det = self._full_search(image, geometry, prior, noise)
             if tracking and self._grown_at_tip_only(det, geometry, image.shape):
                 det = self._hold()
         if self._held == held_before:
@@ -1137,8 +1209,9 @@ class NeedleTracker:
         if not det.found:
             self._misses += 1
             if self._misses > 3:
+                search = self._search
                 self.reset()
-                self._geometry = geometry
+                self._geometry, self._search = geometry, search
             return NOT_FOUND
         self._misses = 0
         z = np.asarray(det.tip_px, float)
@@ -1175,7 +1248,10 @@ class NeedleTracker:
         self._tail = tail
         # re-decide the tip end with the (possibly new) advance evidence
         if self.advance_direction is not None and float(self.advance_direction @ d) < 0:
-            det = self._detect(image, geometry, self._prior(), noise)
+            # live (``background``): the line is the tracked one, searched in its band only
+            L = float(np.hypot(*(z - tail)))
+            band = {"roi": (tail, (z - tail) / L, 0.0, L)} if self.background is not None and L > 12.0 else {}
+            det = self._detect(image, geometry, self._prior(), noise, **band)
             if det.found:
                 self._tip = np.asarray(det.tip_px, float)
                 self._tail = np.asarray(det.tail_px, float)

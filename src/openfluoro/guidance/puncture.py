@@ -34,7 +34,7 @@ import numpy as np
 from openfluoro.geometry.carm import Geometry
 from openfluoro.guidance.depth import Needle3D, SacDistance, SacModel, distance_to_sac, epipolar_line, needle_from_views
 from openfluoro.guidance.interspace import px_per_mm_at_isocentre
-from openfluoro.guidance.background import RETRY_EMPTY_FRAMES, BackgroundLevels, pose_key
+from openfluoro.guidance.background import RETRY_EMPTY_FRAMES, BackgroundDetection, pose_key
 from openfluoro.guidance.levels import LevelResult, detect_levels, endplate_segments, reconcile_names, view_frame
 from openfluoro.guidance.needle import NOT_FOUND, NeedleDetection, NeedleTracker
 
@@ -91,9 +91,9 @@ class PunctureGuide:
 
     def __init__(self, target_level: str = "L3-L4", patient: Any = None, target_lps_mm: Sequence[float] | None = None,
                  midline_tol_mm: float = 5.0, window_half_width_mm: float = 8.0,
-                 background: BackgroundLevels | None = None) -> None:
-        """``background``: detect the levels of a new C-arm pose off the frame path (live
-        sessions); without it they are detected in line on the pose's first frame."""
+                 background: BackgroundDetection | None = None) -> None:
+        """``background``: detect the levels of a new C-arm pose, and search the whole frame
+        for the needle, off the frame path (live sessions); without it both run in line."""
         self._background = background
         self.target_level = target_level
         self.target_lps_mm = None if target_lps_mm is None else np.asarray(target_lps_mm, float)
@@ -109,7 +109,7 @@ class PunctureGuide:
         key = pose_key(geometry)
         st = self._poses.get(key)
         if st is None:
-            st = _PoseState(geometry, NeedleTracker())
+            st = _PoseState(geometry, NeedleTracker(background=self._background))
             self._poses[key] = st
         st.frames_since_detection += 1
         if self._background is not None:
