@@ -19,7 +19,9 @@ medians over the frames, with the 95th percentile for the jitter of this shared 
 * ``levels``           -- ``detect_levels`` (vertebrae, endplates, names): once per C-arm pose;
 * ``interspace track`` -- ``InterspaceTracker.update`` in steady state (decompression);
 * ``LP frame``         -- everything a lumbar-puncture frame needs: ``PunctureGuide.update``
-                          (needle tracking, cached levels, window/midline/track checks);
+                          (needle tracking, cached levels, window/midline/track checks), all
+                          in line (as the evaluation and exports run it), and live (with
+                          ``BackgroundDetection``: whole-frame needle searches on the worker);
 * ``traction frame``   -- interspace tracking + ``DecompressionMonitor.update``;
 * ``pose change``      -- the first 12 frames after a C-arm move, paced at 15 pulses/s as in
                           a live session (5 moves): in line (``detect_levels`` and the
@@ -124,6 +126,15 @@ def main() -> None:
     guide.update(lat_frames[0].image, lat_frames[0].geometry)
     lp = _time(lambda f: guide.update(f.image, f.geometry), ap_frames[1:] + lat_frames[1:], warm=0)
     rows.append(("LP frame (all guidance)", lp))
+    live_bg = BackgroundDetection()
+    live = PunctureGuide(spec.level, patient, background=live_bg)
+    for f in (ap_frames[0], lat_frames[0]):                   # levels and needle of both poses
+        live.update(f.image, f.geometry)
+        live_bg.wait(f.geometry, timeout_s=30.0)
+        live.update(f.image, f.geometry)
+    rows.append(("LP frame, live", _time(lambda f: live.update(f.image, f.geometry), ap_frames[1:] + lat_frames[1:],
+                                         warm=0)))
+    live_bg.close()
     it2 = InterspaceTracker()
     mon = DecompressionMonitor(2.0)
     mon.add_baseline(it2.update(base[-1].image, base[-1].geometry))
