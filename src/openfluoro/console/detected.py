@@ -203,7 +203,9 @@ class DetectedOverlay:
                             "width": 1})
             lines = []
             if st.distance_to_target_mm is not None and math.isfinite(st.distance_to_target_mm):
-                lines.append(f"{st.distance_to_target_mm:.1f} mm to target")
+                # in 3-D once an AP and a lateral have seen the needle; before, across this view only
+                where = "" if st.needle_3d is not None else " in this view"
+                lines.append(f"{st.distance_to_target_mm:.1f} mm to target{where}")
             if st.tip_level:
                 lines.append(f"tip at {st.tip_level}")
             for i, s in enumerate(lines):          # right of the tip: the level labels sit on the left

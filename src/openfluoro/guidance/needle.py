@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numba
 import numpy as np
@@ -86,6 +86,8 @@ MIN_CONTRAST = 15.0
 #: (not behind them, where a lumbar-puncture needle runs) and along their endplates
 EXCLUDE_TOL_MM = 12.0
 EXCLUDE_ANGLE_DEG = 6.0
+#: a line's second run is tried too where it scores at least this fraction of its best one
+ALT_RUN_MIN_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -343,8 +345,10 @@ def _split_at_empty_gaps(above: np.ndarray, on: np.ndarray, off: np.ndarray, a: 
 
 
 def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
-             t_range: tuple[float, float] | None = None) -> _Line | None:
-    """Find the needle's run along a refined line; fills t0/t1, contrast, score."""
+             t_range: tuple[float, float] | None = None, accept: Callable[[float, float], bool] | None = None
+             ) -> _Line | None:
+    """Find the needle's run along a refined line; fills t0/t1, contrast, score. ``accept``:
+    which runs (t0, t1 along the line) may be the needle (``_in_span``)."""
     rows, cols = img.shape
     lo, hi = _clip_to_image(line.p0, line.d, rows, cols)
     if t_range is not None:
@@ -385,6 +389,8 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
         return None
     best = None
     for a, b in runs:
+        if accept is not None and not accept(float(ts[a]), float(ts[b])):
+            continue
         sel = on[a:b + 1]
         plateau = float(_q(above[a:b + 1][sel], 0.8))
         # second pass: relative to this run's own plateau (drops faint bumps beyond gaps)
@@ -396,6 +402,8 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
         sub = [piece for a2, b2 in sub for piece in _split_at_empty_gaps(above, on2, off2, a + a2, a + b2)
                if piece[1] - piece[0] >= min_len2]
         for a2, b2 in sub:
+            if accept is not None and not accept(float(ts[a2]), float(ts[b2])):
+                continue
             sel = on2[a2:b2 + 1]
             m = float(np.mean(above[a2:b2 + 1][sel]))
             score = m / sig * math.sqrt(float(sel.sum()) * 0.5)
@@ -443,6 +451,17 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
     line.t0, line.t1 = float(ts[a]), float(ts[b])
     line.score, line.contrast, line.cnr, line.plateau = score, m, m / sig, plateau
     return line
+
+
+def _in_span(span: tuple[float, float] | None) -> Callable[[float, float], bool] | None:
+    """The runs along a line ``_segment`` may take for the needle: at least half inside ``span``
+    (the stretch searched), not another dark run further along in line with it -- seen from
+    the side, a needle pointing at an interspace has an endplate's dark run in line with it,
+    often the stronger one."""
+    if span is None:
+        return None
+    lo, hi = sorted(span)
+    return lambda t0, t1: min(t1, hi) - max(t0, lo) >= 0.5 * (t1 - t0)
 
 
 def _end_position(line: _Line, end: int, bevel_px: float) -> float:
@@ -857,14 +876,26 @@ def _evaluate(img: np.ndarray, cands: list[_Line], noise: float, min_len: float,
             if hi - lo < min_len:
                 continue
         ln = _refine(img, ln, lo, hi)
-        seg = _segment(img, ln, noise, min_len)
+        flt = _in_span((ln.t0, ln.t1) if t_range_of is not None else None)
+        bare = replace(ln)
+        seg = _segment(img, ln, noise, min_len, accept=flt)
         if seg is None:
             continue
-        if seg.width > MAX_WIDTH_RATIO + 0.15 or seg.cnr < 0.7 * MIN_CNR:
-            continue
-        if exclude and _lies_along(seg, exclude, exclude_tol_px):
-            continue
-        first.append(seg)
+        runs = [seg]
+        if exclude:
+            # the line's best run apart from that one, if about as strong: seen from the side, a
+            # needle pointing at an interspace has an endplate's dark run in line with it
+            span, score = (seg.t0, seg.t1), seg.score
+            alt = _segment(img, bare, noise, min_len, accept=lambda t0, t1: (flt is None or flt(t0, t1)) and
+                           min(t1, span[1]) - max(t0, span[0]) <= 0.0)
+            if alt is not None and alt.score >= ALT_RUN_MIN_RATIO * score:
+                runs.append(alt)
+        for seg in runs:
+            if seg.width > MAX_WIDTH_RATIO + 0.15 or seg.cnr < 0.7 * MIN_CNR:
+                continue
+            if exclude and _lies_along(seg, exclude, exclude_tol_px):
+                continue
+            first.append(seg)
     first.sort(key=lambda sg: -sg.score)
     best = None
     done: list[np.ndarray] = []
@@ -879,9 +910,12 @@ def _evaluate(img: np.ndarray, cands: list[_Line], noise: float, min_len: float,
         done.append(ends)
         # refine once more on the segment alone
         seg2 = _refine(img, replace(seg), seg.t0, seg.t1, iterations=1)
-        seg2 = _segment(img, seg2, noise, min_len) or seg
+        seg2 = _segment(img, seg2, noise, min_len, accept=_in_span((seg2.t0, seg2.t1))) or seg
         # a needle is narrow (no darkness left 2 px off its centre line) and symmetric
         if seg2.width > MAX_WIDTH_RATIO or seg2.cnr < MIN_CNR or seg2.contrast < MIN_CONTRAST or seg2.asym > MAX_ASYM:
+            continue
+        # refined on its own, a short piece can turn into the anatomy it lay across
+        if exclude and _lies_along(seg2, exclude, exclude_tol_px):
             continue
         seg2.score = seg2.score / (1.0 + 2.0 * max(0.0, seg2.asym - 0.5))
         if best is None or seg2.score > best.score:
@@ -1070,6 +1104,13 @@ class NeedleTracker:
             return NOT_FOUND
         self._search = None
         found = job[1].result() if job is not None and job[0] == geometry else NOT_FOUND
+        if found.found and self.exclude_segments:
+            # anatomy learnt since the search started (a lateral's endplates) is not the needle
+            tail, tip = np.asarray(found.tail_px, float), np.asarray(found.tip_px, float)
+            L = max(float(np.hypot(*(tip - tail))), 1e-9)
+            px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
+            if _lies_along(_Line(tail, (tip - tail) / L, 0.0, L), self.exclude_segments, EXCLUDE_TOL_MM * px_per_mm):
+                found = NOT_FOUND
         if not found.found:
             self._search = (geometry, self.background.submit(
                 detect_needle, np.array(image, copy=True), geometry, prior, self.needle_od_mm, noise=noise,
