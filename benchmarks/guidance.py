@@ -43,23 +43,15 @@ import time
 import numpy as np
 
 
-def _time(fn, frames, warm=2):
+def _time(fn, frames, warm=2, pause_s=0.0):
+    """ms per call of ``fn`` on each frame, after ``warm`` untimed calls; with ``pause_s``, each
+    call after that long a pause (not timed)."""
     for f in frames[:warm]:
         fn(f)
     out = []
     for f in frames:
-        t = time.perf_counter()
-        fn(f)
-        out.append(1000.0 * (time.perf_counter() - t))
-    return np.asarray(out)
-
-
-def _time_paused(fn, frames, pause_s=1.0 / 15.0):
-    """As ``_time``, each call after a pause of ``pause_s`` (not timed)."""
-    fn(frames[0])
-    out = []
-    for f in frames:
-        time.sleep(pause_s)
+        if pause_s:
+            time.sleep(pause_s)
         t = time.perf_counter()
         fn(f)
         out.append(1000.0 * (time.perf_counter() - t))
@@ -115,8 +107,8 @@ def main() -> None:
         t = _time(lambda f: tr.update(f.image, f.geometry), frames)
         rows.append((f"needle track ({name})", t))
         rows.append((f"needle detect ({name})", _time(lambda f: detect_needle(f.image, f.geometry), frames[:10])))
-        rows.append((f"needle detect ({name}), paused", _time_paused(lambda f: detect_needle(f.image, f.geometry),
-                                                                      frames[:10])))
+        rows.append((f"needle detect ({name}), paused", _time(lambda f: detect_needle(f.image, f.geometry),
+                                                              frames[:10], pause_s=1.0 / 15.0)))
         rows.append((f"levels ({name})", _time(lambda f: detect_levels(f.image, f.geometry), frames[:6])))
     it = InterspaceTracker()
     it.update(base[-1].image, base[-1].geometry)

@@ -160,6 +160,11 @@ def _med(x) -> float:
     return float(F.median(np.ascontiguousarray(x, dtype=np.float64).ravel()))
 
 
+def _px_per_mm(geometry: Geometry) -> float:
+    """Image pixels per millimetre at the isocentre plane."""
+    return geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
+
+
 def _mask_for(image: np.ndarray) -> np.ndarray:
     """Pixels worth searching: not the burnt-in frame counter, not collimated (black) borders."""
     rows, cols = image.shape
@@ -877,12 +882,12 @@ def _evaluate(img: np.ndarray, cands: list[_Line], noise: float, min_len: float,
                 continue
         ln = _refine(img, ln, lo, hi)
         flt = _in_span((ln.t0, ln.t1) if t_range_of is not None else None)
-        bare = replace(ln)
+        bare = replace(ln) if exclude else None           # ``_segment`` fills in ``ln``
         seg = _segment(img, ln, noise, min_len, accept=flt)
         if seg is None:
             continue
         runs = [seg]
-        if exclude:
+        if bare is not None:
             # the line's best run apart from that one, if about as strong: seen from the side, a
             # needle pointing at an interspace has an endplate's dark run in line with it
             span, score = (seg.t0, seg.t1), seg.score
@@ -944,7 +949,7 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
     mask = _mask_for(img)
     if noise is None:
         noise = F.noise_sigma(image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else img)
-    px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
+    px_per_mm = _px_per_mm(geometry)
     min_len = min_length_mm * px_per_mm
     excl = {"exclude": exclude_segments, "exclude_tol_px": EXCLUDE_TOL_MM * px_per_mm}
     roi_line = None
@@ -996,18 +1001,29 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
                            float(best.score))
 
 
+def _lines_off(img: np.ndarray, mid: np.ndarray) -> list[_Line]:
+    """The frame's candidate lines, less those through ``mid`` (the tracked segment's middle:
+    they are the tracked needle itself)."""
+    return [ln for ln in _candidates(img, _mask_for(img), 4)
+            if abs(float((mid - ln.p0) @ np.array([-ln.d[1], ln.d[0]]))) >= 6.0]
+
+
+def _stronger_among(img: np.ndarray, lines: list[_Line], geometry: Geometry, noise: float, exclude: Sequence,
+                    score: float) -> bool:
+    """Whether a needle-like segment on one of ``lines`` scores over 1.2 x the tracked ``score``."""
+    px_per_mm = _px_per_mm(geometry)
+    other = _evaluate(img, lines, noise, 4.0 * px_per_mm, prune=0.5, exclude=exclude,
+                      exclude_tol_px=EXCLUDE_TOL_MM * px_per_mm)
+    return other is not None and other.score > 1.2 * score
+
+
 def _stronger_elsewhere(img: np.ndarray, geometry: Geometry, prior: TipPrior, needle_od_mm: float, noise: float,
                         mid: np.ndarray, exclude: Sequence, score: float) -> NeedleDetection:
     """What ``NeedleTracker._check_elsewhere`` does over two frames, at once (on a worker): the
     full detection where a needle-like line off the tracked one (through ``mid``) scores over
     1.2 x the tracked ``score``, else NOT_FOUND."""
     img = np.ascontiguousarray(img, dtype=np.float32)
-    px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
-    others = [ln for ln in _candidates(img, _mask_for(img), 4)
-              if abs(float((mid - ln.p0) @ np.array([-ln.d[1], ln.d[0]]))) >= 6.0]
-    other = _evaluate(img, others, noise, 4.0 * px_per_mm, prune=0.5, exclude=exclude,
-                      exclude_tol_px=EXCLUDE_TOL_MM * px_per_mm)
-    if other is None or other.score <= 1.2 * score:
+    if not _stronger_among(img, _lines_off(img, mid), geometry, noise, exclude, score):
         return NOT_FOUND
     return detect_needle(img, geometry, prior, needle_od_mm, noise=noise, exclude_segments=exclude)
 
@@ -1108,8 +1124,8 @@ class NeedleTracker:
             # anatomy learnt since the search started (a lateral's endplates) is not the needle
             tail, tip = np.asarray(found.tail_px, float), np.asarray(found.tip_px, float)
             L = max(float(np.hypot(*(tip - tail))), 1e-9)
-            px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
-            if _lies_along(_Line(tail, (tip - tail) / L, 0.0, L), self.exclude_segments, EXCLUDE_TOL_MM * px_per_mm):
+            if _lies_along(_Line(tail, (tip - tail) / L, 0.0, L), self.exclude_segments,
+                           EXCLUDE_TOL_MM * _px_per_mm(geometry)):
                 found = NOT_FOUND
         if not found.found:
             self._search = (geometry, self.background.submit(
@@ -1154,21 +1170,15 @@ class NeedleTracker:
         pending = getattr(self, "_pending", [])
         self._pending = []
         if pending:
-            px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
             img = np.ascontiguousarray(image, dtype=np.float32)
-            other = _evaluate(img, pending, noise, 4.0 * px_per_mm, prune=0.5, exclude=self.exclude_segments,
-                              exclude_tol_px=EXCLUDE_TOL_MM * px_per_mm)
-            if other is not None and other.score > 1.2 * det.score:
+            if _stronger_among(img, pending, geometry, noise, self.exclude_segments, det.score):
                 full = self._detect(image, geometry, self._prior(), noise)
                 if full.found:
                     return full
             return det
         if self._frames % self.full_search_every == 0:
-            img = np.ascontiguousarray(image, dtype=np.float32)
             mid = 0.5 * (np.asarray(det.tail_px, float) + np.asarray(det.tip_px, float))
-            # lines through the tracked segment's middle are the tracked needle itself
-            self._pending = [ln for ln in _candidates(img, _mask_for(img), 4)
-                             if abs(float((mid - ln.p0) @ np.array([-ln.d[1], ln.d[0]]))) >= 6.0]
+            self._pending = _lines_off(np.ascontiguousarray(image, dtype=np.float32), mid)
         return det
 
     def _grown_at_tip_only(self, det: NeedleDetection, geometry: Geometry, shape: tuple[int, ...]) -> bool:
