@@ -12,8 +12,8 @@ frame at hand, ``needle.NeedleTracker``). The compiled kernels release the GIL, 
 cores the frame path keeps its pace while the detection runs. Between kernels the worker
 holds the GIL, and the frame path waits for it up to the interpreter's switch interval each
 time (5 ms by default, a third of the budget: 3 of 5 benchmark runs had a frame of 17-31 ms
-after a C-arm move); a live session shortens it to ``SWITCH_INTERVAL_S`` (3 of 8 runs had
-one, of 15-19 ms).
+after a C-arm move); a live session shortens it to ``SWITCH_INTERVAL_S`` (4 of 9 runs had
+one, of 15-21 ms).
 
 The evaluation calls the detectors in line: it scores what is detected, not when.
 """
