@@ -46,6 +46,7 @@ import numpy as np
 
 from openfluoro.geometry.carm import Geometry
 from openfluoro.guidance import _filters as F
+from openfluoro.guidance._worker import finished
 
 #: outer diameter (mm) assumed for the bevel correction when the gauge is unknown (22 G)
 DEFAULT_NEEDLE_OD_MM = 0.718
@@ -1119,7 +1120,7 @@ class NeedleTracker:
         if job is not None and job[0] == geometry and not job[1].done():
             return NOT_FOUND
         self._search = None
-        found = job[1].result() if job is not None and job[0] == geometry else NOT_FOUND
+        found = (finished(job[1]) or NOT_FOUND) if job is not None and job[0] == geometry else NOT_FOUND
         if found.found and self.exclude_segments:
             # anatomy learnt since the search started (a lateral's endplates) is not the needle
             tail, tip = np.asarray(found.tail_px, float), np.asarray(found.tip_px, float)
@@ -1158,8 +1159,8 @@ class NeedleTracker:
             job = self._elsewhere
             if job is not None and job.done():
                 self._elsewhere = None
-                full = job.result()
-                if full.found:
+                full = finished(job)
+                if full is not None and full.found:
                     return self._follow(full, image, geometry, self._prior(), noise)
             elif job is None and self._frames % self.full_search_every == 0:
                 mid = 0.5 * (np.asarray(det.tail_px, float) + np.asarray(det.tip_px, float))
