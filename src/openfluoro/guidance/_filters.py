@@ -613,3 +613,80 @@ def edge_pairs(dp, vs, vmax_centre, min_gap, max_gap, out):
                     off = -0.5
             out[u, slot] = vs[idx] + off * step
         out[u, 2] = best
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _robust_line_kernel(u, v, w, scale):
+    n = u.size
+    if n == 0:
+        return np.nan, 0.0, np.inf
+    ww = w.copy()
+    r = np.empty(n)
+    v0 = np.median(v)
+    sl = 0.0
+    for _ in range(5):
+        sw = 0.0
+        su = 0.0
+        sv = 0.0
+        for i in range(n):
+            sw += ww[i]
+            su += ww[i] * u[i]
+            sv += ww[i] * v[i]
+        if sw <= 0.0:
+            break
+        mu = su / sw
+        mv = sv / sw
+        suu = 0.0
+        suv = 0.0
+        for i in range(n):
+            du = u[i] - mu
+            suu += ww[i] * du * du
+            suv += ww[i] * du * (v[i] - mv)
+        sl = suv / suu if suu > 0.0 else 0.0
+        v0 = mv - sl * mu
+        for i in range(n):
+            r[i] = abs(v[i] - (v0 + sl * u[i]))
+        c = 4.0 * max(scale, 1.4826 * np.median(r))
+        for i in range(n):
+            t = min(max((v[i] - (v0 + sl * u[i])) / c, -1.0), 1.0)
+            ww[i] = w[i] * (1.0 - t * t) ** 2
+    ss = 0.0
+    k = 0
+    for i in range(n):
+        ri = v[i] - (v0 + sl * u[i])
+        if abs(ri) < 2.5 * scale + 1e-9:
+            ss += ri * ri
+            k += 1
+    return v0, sl, (math.sqrt(ss / k) if k > 0 else np.inf)
+
+
+def robust_line(u: np.ndarray, v: np.ndarray, w: np.ndarray, scale: float) -> tuple[float, float, float]:
+    """Robust straight-line fit ``v = v0 + slope u`` with weights ``w``: five rounds of
+    iteratively reweighted least squares with Tukey's biweight (cut at 4 x max(``scale``,
+    the residuals' MAD-sigma)), so that edge points on other structures do not pull the line.
+    Returns ``(v0, slope, rms of the residuals within 2.5 scale)`` (inf without any)."""
+    f = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    v0, sl, rms = _robust_line_kernel(f(u), f(v), f(w), float(scale))
+    return float(v0), float(sl), float(rms)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rows_box4_kernel(a, out):
+    n, m = a.shape
+    for i in range(n):
+        for j in range(m):
+            s = 0.0
+            for d in range(-1, 3):
+                s += a[min(max(i + d, 0), n - 1), j]
+            out[i, j] = 0.25 * s
+
+
+def rows_box4(a: np.ndarray) -> np.ndarray:
+    """Mean of rows i-1 .. i+2 for each row i of a 2-D array (the edge rows repeated beyond
+    the ends), float64: profiles across a disc sampled every 0.5 mm along it, averaged over
+    +-1 mm."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    out = np.empty_like(a)
+    if a.size:
+        _rows_box4_kernel(a, out)
+    return out

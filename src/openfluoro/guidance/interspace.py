@@ -103,26 +103,6 @@ LINE_SEARCH_WEDGE_MAX_DEG = 30.0
 LINE_SEARCH_SHIFT_MM = 1.5
 
 
-def _robust_line(u: np.ndarray, v: np.ndarray, w: np.ndarray, scale: float) -> tuple[float, float]:
-    """IRLS (Tukey) fit v = v0 + slope u (a copy of ``levels._robust_line``)."""
-    ww = w.astype(float).copy()
-    v0, sl = float(np.median(v)), 0.0
-    for _ in range(5):
-        sw = ww.sum()
-        if sw <= 0:
-            break
-        mu, mv = (ww * u).sum() / sw, (ww * v).sum() / sw
-        du = u - mu
-        suu = (ww * du * du).sum()
-        sl = float((ww * du * (v - mv)).sum() / suu) if suu > 0 else 0.0
-        v0 = float(mv - sl * mu)
-        r = v - (v0 + sl * u)
-        c = 4.0 * max(scale, 1.4826 * float(np.median(np.abs(r))))
-        t = np.clip(r / c, -1.0, 1.0)
-        ww = w * (1 - t ** 2) ** 2
-    return v0, sl
-
-
 def centroid_lines(norm: np.ndarray, px_per_mm: float, rd: RefinedDisc,
                    half_mm: float = CENTROID_HALF_MM) -> RefinedDisc:
     """The endplate lines of ``rd`` re-located on the centroid of each edge's gradient.
@@ -151,9 +131,7 @@ def centroid_lines(norm: np.ndarray, px_per_mm: float, rd: RefinedDisc,
         if bad.all():
             return rd
         prof = np.where(np.isnan(prof), np.nanmean(prof), prof).astype(np.float64)
-        k = 2                                                     # +-1 mm along the disc
-        cs = np.cumsum(np.pad(prof, ((k, k), (0, 0)), mode="edge"), axis=0)
-        prof = ((cs[2 * k:] - cs[:-2 * k]) / (2 * k))[: len(us)]
+        prof = F.rows_box4(prof)                                  # +-1 mm along the disc
         dp = np.zeros_like(prof)
         dp[:, 1:-1] = 0.5 * (prof[:, 2:] - prof[:, :-2])
         # the upper edge brightens into the disc (+v), the lower one darkens out of it
@@ -164,7 +142,7 @@ def centroid_lines(norm: np.ndarray, px_per_mm: float, rd: RefinedDisc,
         if ok.sum() < 10:
             return rd
         cen = (w * dv[None, :]).sum(axis=1) / np.where(s > 0, s, 1.0)
-        out.append(_robust_line(us[ok], (vmid + cen)[ok], s[ok], 0.6))
+        out.append(F.robust_line(us[ok], (vmid + cen)[ok], s[ok], 0.6)[:2])
     (u0, us_), (l0, ls_) = out
     # a centroid line far from the steepest-step one is a failure (another edge in the window)
     um = 0.5 * (rd.u_front + rd.u_back)
@@ -196,9 +174,7 @@ def lower_line_search(norm: np.ndarray, px_per_mm: float, rd: RefinedDisc) -> Re
     if np.isnan(prof).mean() > 0.2:
         return rd
     prof = np.where(np.isnan(prof), np.nanmean(prof), prof).astype(np.float64)
-    k = 2                                                         # +-1 mm along the disc
-    cs = np.cumsum(np.pad(prof, ((k, k), (0, 0)), mode="edge"), axis=0)
-    prof = ((cs[2 * k:] - cs[:-2 * k]) / (2 * k))[: len(us)]
+    prof = F.rows_box4(prof)                                      # +-1 mm along the disc
     d = max(1, int(round(1.0 * P / step)))
     contrast = np.full_like(prof, np.nan)
     contrast[:, d:-d] = prof[:, :-2 * d] - prof[:, 2 * d:]        # disc above minus bone below
@@ -220,12 +196,18 @@ def lower_line_search(norm: np.ndarray, px_per_mm: float, rd: RefinedDisc) -> Re
                        rd.strength, rd.residual_px)
 
 
-def ray_obliquity(geometry: Geometry, frame: ViewFrame, rd: RefinedDisc) -> float:
+def central_ray_px(geometry: Geometry, frame: ViewFrame) -> np.ndarray:
+    """Where the central ray (through the isocentre) meets the detector, normalised pixels."""
+    return frame.to_norm(geometry.project(np.asarray(geometry.pose.isocentre_lps_mm, float)))[0]
+
+
+def ray_obliquity(geometry: Geometry, frame: ViewFrame, rd: RefinedDisc, centre_px: np.ndarray | None = None) -> float:
     """Tangent of the angle at which the ray through a disc crosses the disc plane: the disc's
     offset from the central ray, across the disc (mm at the isocentre), over the
     source-isocentre distance. The central ray runs along the disc; far from it the rays
-    cross the endplates obliquely and the near and far rims of each endplate project apart."""
-    pp = frame.to_norm(geometry.project(np.asarray(geometry.pose.isocentre_lps_mm, float)))[0]
+    cross the endplates obliquely and the near and far rims of each endplate project apart.
+    ``centre_px``: ``central_ray_px`` if known."""
+    pp = central_ray_px(geometry, frame) if centre_px is None else centre_px
     off_mm = abs(float(np.dot(rd.centre - pp, rd.n))) / frame.px_per_mm
     return off_mm / geometry.pose.sod_mm
 
@@ -315,10 +297,11 @@ def _centroid_heights(norm: np.ndarray, geometry: Geometry, frame: ViewFrame,
     lines, ``lower_line_search``), the caudal lines bounded (``caudal_wedge_bound``) and the obliquity
     corrected."""
     P = px_per_mm_at_isocentre(geometry)
+    pp = central_ray_px(geometry, frame)
     lines = [(name, centroid_lines(norm, P, lower_line_search(norm, P, rd) if name in LINE_SEARCH_LEVELS else rd,
-                                   CENTROID_HALF_MM + BAND_HALF_WIDTH_MM * ray_obliquity(geometry, frame, rd)))
+                                   CENTROID_HALF_MM + BAND_HALF_WIDTH_MM * ray_obliquity(geometry, frame, rd, pp)))
              for name, rd in discs]
-    return [heights_of(rd, frame, name, P, tan_obliquity=ray_obliquity(geometry, frame, rd))
+    return [heights_of(rd, frame, name, P, tan_obliquity=ray_obliquity(geometry, frame, rd, pp))
             for name, rd in caudal_wedge_bound(lines)]
 
 

@@ -663,29 +663,6 @@ class RefinedDisc:
         return 0.5 * (self.point(um, "upper") + self.point(um, "lower"))
 
 
-def _robust_line(u: np.ndarray, v: np.ndarray, w: np.ndarray, scale: float) -> tuple[float, float, float]:
-    """IRLS (Tukey) fit v = v0 + slope u; returns (v0, slope, rms of inliers)."""
-    ww = w.astype(float).copy()
-    v0, sl = float(np.median(v)), 0.0
-    for _ in range(5):
-        sw = ww.sum()
-        if sw <= 0:
-            break
-        mu, mv = (ww * u).sum() / sw, (ww * v).sum() / sw
-        du = u - mu
-        suu = (ww * du * du).sum()
-        sl = float((ww * du * (v - mv)).sum() / suu) if suu > 0 else 0.0
-        v0 = float(mv - sl * mu)
-        r = v - (v0 + sl * u)
-        c = 4.0 * max(scale, 1.4826 * float(np.median(np.abs(r))))
-        t = np.clip(r / c, -1.0, 1.0)
-        ww = w * (1 - t ** 2) ** 2
-    r = v - (v0 + sl * u)
-    inl = np.abs(r) < 2.5 * scale + 1e-9
-    rms = float(np.sqrt(np.mean(r[inl] ** 2))) if inl.any() else float("inf")
-    return v0, sl, rms
-
-
 def _strip(norm_sm, c, a, n, us, vs):
     prof = F.sample_grid(norm_sm, float(c[0]), float(c[1]), float(a[0]), float(a[1]), float(n[0]), float(n[1]),
                          us.astype(np.float32), vs.astype(np.float32))
@@ -696,9 +673,7 @@ def _strip(norm_sm, c, a, n, us, vs):
 
 def _smooth_strip(prof: np.ndarray) -> np.ndarray:
     """Average +-1 mm along the disc (rows: 0.5 mm apart) and ~1 px across (columns: 0.25 px)."""
-    k = 2
-    cs = np.cumsum(np.pad(prof, ((k, k), (0, 0)), mode="edge"), axis=0)
-    p = ((cs[2 * k:] - cs[:-2 * k]) / (2 * k))[: prof.shape[0]]
+    p = F.rows_box4(prof)
     for _ in range(2):
         q = np.pad(p, ((0, 0), (2, 2)), mode="edge")
         p = (q[:, :-4] + q[:, 1:-3] + q[:, 2:-2] + q[:, 3:-1] + q[:, 4:]) / 5.0
@@ -805,8 +780,8 @@ def refine_disc(norm_sm: np.ndarray, px_per_mm: float, centre: Sequence[float], 
             return None
         u = us[sel]
         w = strength[sel].astype(float)
-        up = _robust_line(u, e[sel, 0].astype(float), w, 0.6)
-        lo = _robust_line(u, e[sel, 1].astype(float), w, 0.6)
+        up = F.robust_line(u, e[sel, 0].astype(float), w, 0.6)
+        lo = F.robust_line(u, e[sel, 1].astype(float), w, 0.6)
         out = (c, a, n, up, lo, float(us[i0]), float(us[i1]), float(np.mean(w)))
         if it == 0:
             # re-centre on the run and turn the frame to the mean endplate direction
@@ -852,9 +827,7 @@ def remeasure_disc(norm: np.ndarray, px_per_mm: float, prev: RefinedDisc, kind: 
     v_hi = float(max(vu.max(), vl.max()) + 5.0 * P)
     vs = np.arange(v_lo, v_hi + 0.01, 0.25)
     prof, ok_u = _strip(norm, prev.c, prev.a, prev.n, us, vs)
-    k = 2
-    cs = np.cumsum(np.pad(prof, ((k, k), (0, 0)), mode="edge"), axis=0)
-    prof = ((cs[2 * k:] - cs[:-2 * k]) / (2 * k)).astype(np.float32)[: len(us)]
+    prof = F.rows_box4(prof).astype(np.float32)
     prof[:, 1:-1] = 0.25 * prof[:, :-2] + 0.5 * prof[:, 1:-1] + 0.25 * prof[:, 2:]
     dp = np.zeros_like(prof)
     dp[:, 1:-1] = 0.5 * (prof[:, 2:] - prof[:, :-2])
@@ -869,8 +842,8 @@ def remeasure_disc(norm: np.ndarray, px_per_mm: float, prev: RefinedDisc, kind: 
         return None
     u = us[sel]
     w = strength[sel].astype(float)
-    up = _robust_line(u, e[sel, 0].astype(float), w, 0.6)
-    lo = _robust_line(u, e[sel, 1].astype(float), w, 0.6)
+    up = F.robust_line(u, e[sel, 0].astype(float), w, 0.6)
+    lo = F.robust_line(u, e[sel, 1].astype(float), w, 0.6)
     if abs(up[0] - (prev.upper[0] + inset)) > 6.0 * P or abs(lo[0] - (prev.lower[0] - inset)) > 6.0 * P:
         return None
     # move the disc frame to the new mid-line so the next frame searches around it
