@@ -33,8 +33,8 @@ def _warm_worker() -> None:
 
 
 def shared_process() -> ProcessPoolExecutor | None:
-    """The worker process of this interpreter, started on first use; None where processes
-    cannot be started here (or one has died)."""
+    """The worker process of this interpreter, started (and warmed up) on first use; None
+    where processes cannot be started here (or one has died)."""
     global _process, _process_failed
     with _process_lock:
         if _process is None and not _process_failed:
@@ -42,6 +42,10 @@ def shared_process() -> ProcessPoolExecutor | None:
                 # spawned, not forked: the console forks no copy of its server threads
                 _process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                                initializer=_warm_worker)
+                # the executor starts its process on the first job: start it now, so that it
+                # warms up (seconds on two busy cores) while the console loads its patient,
+                # not while the first pose waits for its levels
+                _process.submit(int)
             except (OSError, ValueError, NotImplementedError) as exc:
                 _log.warning("whole-frame detections run on a thread: no worker process (%s)", exc)
                 _process_failed = True
