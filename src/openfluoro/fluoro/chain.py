@@ -306,7 +306,10 @@ def _percentiles_kernel(img, r0, r1, c0, c1, step, q_lo, q_hi, nbins):
     return out[0], out[1]
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
+# no fastmath: contracting ``t * 255 + 0.5`` into a fused multiply-add in the vectorised body
+# but not in the loop's remainder rounds a pixel differently by where it falls in its row,
+# and flips/rotations must be exact permutations of the picture (numba 0.68: one grey level)
+@numba.njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def _display_kernel(src, out, lo, inv_range, invert, flip_h, flip_v, rot_k, r0, r1, c0, c1, fill):
     rows, cols = src.shape
     orows, ocols = out.shape
