@@ -81,7 +81,7 @@ def _two_bars(seed, tail, tip, gap_px, far_px, far_depth):
     return np.clip(img + (beyond - plain), 0, 255).astype(np.uint8)
 
 
-def _tip_errors_when_a_bar_appears_beyond_the_tip(g, hold_max_frames):
+def _tip_errors_when_a_bar_appears_beyond_the_tip(g, hold_max_frames, far_depth=80.0):
     tr = NeedleTracker(hold_max_frames=hold_max_frames)
     tail, tip = np.array([256.0, 200.0]), np.array([256.0, 236.0])
     for k in range(4):                                      # the needle alone: tracked
@@ -89,7 +89,7 @@ def _tip_errors_when_a_bar_appears_beyond_the_tip(g, hold_max_frames):
         assert det.found
     errs = []
     for k in range(4):                                      # something in line beyond the tip
-        det = tr.update(_two_bars(30 + k, tail, tip, gap_px=6.0, far_px=30.0, far_depth=45.0), g)
+        det = tr.update(_two_bars(30 + k, tail, tip, gap_px=6.0, far_px=30.0, far_depth=far_depth), g)
         errs.append(float(np.hypot(*(np.asarray(det.tip_px) - tip))) if det.found else np.inf)
     return errs
 
@@ -97,7 +97,8 @@ def _tip_errors_when_a_bar_appears_beyond_the_tip(g, hold_max_frames):
 def test_tip_held_when_the_line_grows_beyond_it_with_its_tail_still():
     """A rigid needle advanced along itself moves its hub too: in an AP view a segment that
     suddenly reaches 30 px further at the tip while its tail stays put is the needle joined
-    to something beyond it, and the last tip is held."""
+    to something beyond it, and the last tip is held. (The bar beyond has two thirds of the
+    needle's contrast: a bar under half of it is cut off at the gap, ``CONTRAST_STEP_MIN``.)"""
     g = _ap_geometry()
     held = _tip_errors_when_a_bar_appears_beyond_the_tip(g, hold_max_frames=30)
     assert max(held) < 3.0
@@ -133,3 +134,33 @@ def test_segment_ends_at_an_empty_gap_before_a_bar_in_line():
         det = detect_needle(_two_bars(seed, tail, tip, gap_px=6.0, far_px=30.0, far_depth=120.0), g)
         assert det.found and np.hypot(*(np.asarray(det.tip_px) - tip)) < 3.0
 
+
+
+def _needle_then_weaker_band(seed, tail, tip, gap_px, band_px, band_depth, bridge_depth):
+    """A needle bar tail -> tip; in line beyond it a faint bridge (``gap_px`` long) and then a
+    band under half the needle's contrast (a laminar or spinous edge past the tip)."""
+    img = _frame(seed, tail, tip).astype(float)
+    u = (tip - tail) / np.hypot(*(tip - tail))
+    plain = _frame(seed + 1000, tip, tip, depth=0.0, halo=0.0).astype(float)
+    a = tip + gap_px * u
+    for start, end, depth in ((tip + 2.5 * u, a, bridge_depth), (a, a + band_px * u, band_depth)):
+        img += _frame(seed + 1000, start, end, depth=depth, halo=0.0).astype(float) - plain
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_segment_ends_where_the_line_beyond_a_gap_shows_under_half_the_needles_contrast(monkeypatch):
+    """Beyond a gap that is not quite empty, a line in line with the needle at a third of its
+    contrast (not clipped black) is something else: the tip is the needle's own end. Taken
+    across the gap (``CONTRAST_STEP_MIN`` = 0), the tip lands at the band's far end."""
+    from openfluoro.guidance import needle as N
+
+    g = _ap_geometry()
+    tail, tip = np.array([256.0, 190.0]), np.array([256.0, 236.0])
+    frames = [_needle_then_weaker_band(seed, tail, tip, gap_px=8.0, band_px=24.0, band_depth=40.0, bridge_depth=22.0)
+              for seed in (70, 71, 72)]
+    for img in frames:
+        det = detect_needle(img, g)
+        assert det.found and np.hypot(*(np.asarray(det.tip_px) - tip)) < 3.0
+    monkeypatch.setattr(N, "CONTRAST_STEP_MIN", 0.0)
+    far = [detect_needle(img, g) for img in frames]
+    assert max(float(np.hypot(*(np.asarray(d.tip_px) - tip))) for d in far if d.found) > 15.0

@@ -67,6 +67,22 @@ MIN_FORESHORTENING = 0.2
 #: (six, 167 cases): AP tip p95 at normal dose 7.7 -> 1.9 mm on the last one, unchanged or
 #: better on the others; a 3 mm end-on needle no longer found with a spinous edge (10 frames)
 GAP_MIN_FRACTION = 0.35
+#: ...and the two sides of a gap must show about the same contrast: the display maps
+#: attenuation linearly into grey levels, so a needle's contrast (its own attenuation) is much
+#: the same along it wherever neither it nor the background is clipped, and clipped it is
+#: black. A side under this fraction of the other's contrast, without its own black samples
+#: (less than ``CONTRAST_STEP_BLACK_MAX`` of them), is something else in line (a broad
+#: spinous or laminar edge past the tip: the flank-minus-centre contrast of a band wider
+#: than the needle is lower still)
+CONTRAST_STEP_MIN = 0.5
+CONTRAST_STEP_BLACK_MAX = 0.5
+#: in a lateral-like view, a needle-like segment at least this much longer than the best
+#: scoring one, which lies within ``SUBSUME_TOL_PX`` of it along all its length, is taken
+#: instead: the same needle, the short one a line met at a slight angle (development cases
+#: 12_000, 15_008, 15_009, 16_003: 24-33 mm short; in AP views a short needle may lie on an
+#: endplate's line, and this is not done)
+SUBSUME_MIN_RATIO = 1.5
+SUBSUME_TOL_PX = 3.0
 #: a line runs the way anterior travel goes in the image (a lateral-like view of the needle)
 #: when 1 mm of anterior travel moves a point along it by more than this fraction of what 1 mm
 #: of cranial travel does; in views along the AP axis it does not (``_anterior_along``)
@@ -325,12 +341,13 @@ def _runs_nb(on, off, max_gap, min_len):
     return out[:m]
 
 
-def _split_at_empty_gaps(above: np.ndarray, on: np.ndarray, off: np.ndarray, a: int, b: int
+def _split_at_empty_gaps(above: np.ndarray, on: np.ndarray, off: np.ndarray, black: np.ndarray, a: int, b: int
                          ) -> list[tuple[int, int]]:
     """The run [a, b] cut at every gap (over 2 px between "on" samples) whose unclipped ("off")
     samples show on average less than ``GAP_MIN_FRACTION`` of the contrast on the weaker side
     (upper quartile of the "on" samples from the last cut to the gap, and from the gap to the
-    run's end)."""
+    run's end), or whose weaker side, not black, shows less than ``CONTRAST_STEP_MIN`` of the
+    stronger side's contrast."""
     idx = np.flatnonzero(on[a:b + 1]) + a
     if GAP_MIN_FRACTION <= 0.0 or len(idx) < 2:
         return [(a, b)]
@@ -341,9 +358,13 @@ def _split_at_empty_gaps(above: np.ndarray, on: np.ndarray, off: np.ndarray, a: 
         seen = off[g0:g1]
         if seen.sum() < 3:
             continue
-        left = float(_q(above[first:g0][on[first:g0]], 0.75))
-        right = float(_q(above[g1:b + 1][on[g1:b + 1]], 0.75))
-        if float(np.mean(above[g0:g1][seen])) < GAP_MIN_FRACTION * min(left, right):
+        sides = [(first, g0), (g1, b + 1)]
+        level = [float(_q(above[i:j][on[i:j]], 0.75)) for i, j in sides]
+        weak = int(level[1] < level[0])
+        i, j = sides[weak]
+        black_weak = float(np.mean(black[i:j][on[i:j]]))
+        if float(np.mean(above[g0:g1][seen])) < GAP_MIN_FRACTION * level[weak] or \
+                (level[weak] < CONTRAST_STEP_MIN * level[1 - weak] and black_weak < CONTRAST_STEP_BLACK_MAX):
             out.append((first, int(idx[k])))
             first = g1
     out.append((first, int(idx[-1])))
@@ -405,7 +426,7 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
         off2 = off | (on & ~on2)
         min_len2 = min(2.0 * min_len_px, b - a)
         sub = _runs(on2[a:b + 1], off2[a:b + 1], max_gap=16, min_len=min_len2)
-        sub = [piece for a2, b2 in sub for piece in _split_at_empty_gaps(above, on2, off2, a + a2, a + b2)
+        sub = [piece for a2, b2 in sub for piece in _split_at_empty_gaps(above, on2, off2, black, a + a2, a + b2)
                if piece[1] - piece[0] >= min_len2]
         for a2, b2 in sub:
             if accept is not None and not accept(float(ts[a2]), float(ts[b2])):
@@ -866,11 +887,13 @@ def _lies_along(seg: _Line, segments: Sequence, tol_px: float) -> bool:
 
 
 def _evaluate(img: np.ndarray, cands: list[_Line], noise: float, min_len: float, t_range_of=None,
-              prune: float = 0.0, exclude: Sequence = (), exclude_tol_px: float = 0.0) -> _Line | None:
+              prune: float = 0.0, exclude: Sequence = (), exclude_tol_px: float = 0.0,
+              may_subsume: Callable[[_Line], bool] | None = None) -> _Line | None:
     """Refine and segment the candidate lines; the best needle-like segment or None. With
     ``prune`` > 0, candidates whose first-pass score is below ``prune`` x the best final score
     are not refined a second time. A segment lying along one of ``exclude`` (anatomy known
-    not to be the needle: detected endplates) is not a needle."""
+    not to be the needle: detected endplates) is not a needle. ``may_subsume``: which
+    segments may take the place of a shorter best one lying along them."""
     rows, cols = img.shape
     first: list[_Line] = []
     for ln in cands:
@@ -904,6 +927,7 @@ def _evaluate(img: np.ndarray, cands: list[_Line], noise: float, min_len: float,
             first.append(seg)
     first.sort(key=lambda sg: -sg.score)
     best = None
+    passing: list[_Line] = []
     done: list[np.ndarray] = []
     for seg in first:
         if best is not None and seg.score < prune * best.score:
@@ -924,9 +948,30 @@ def _evaluate(img: np.ndarray, cands: list[_Line], noise: float, min_len: float,
         if exclude and _lies_along(seg2, exclude, exclude_tol_px):
             continue
         seg2.score = seg2.score / (1.0 + 2.0 * max(0.0, seg2.asym - 0.5))
+        passing.append(seg2)
         if best is None or seg2.score > best.score:
             best = seg2
+    if best is not None and may_subsume is not None:
+        # a piece lying along a much longer needle-like segment is part of that line, met at a
+        # slight angle (it can score higher: a short stretch over a smooth bright background
+        # has less noise); the needle is the line that explains all of it
+        for other in sorted(passing, key=lambda sg: sg.t0 - sg.t1):
+            if other.t1 - other.t0 >= SUBSUME_MIN_RATIO * (best.t1 - best.t0) and \
+                    _covers(other, best, SUBSUME_TOL_PX) and may_subsume(other):
+                return other
     return best
+
+
+def _covers(long: _Line, short: _Line, tol_px: float) -> bool:
+    """Both ends of the segment ``short`` lie within ``tol_px`` of the segment ``long``'s line
+    and within its extent."""
+    for t in (short.t0, short.t1):
+        r = short.p0 + t * short.d - long.p0
+        along = float(r @ long.d)
+        if abs(float(r[0] * long.d[1] - r[1] * long.d[0])) > tol_px or \
+                not long.t0 - tol_px <= along <= long.t1 + tol_px:
+            return False
+    return True
 
 
 def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None = None,
@@ -972,7 +1017,12 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
         n_candidates = min(n_candidates, 2)
     if best is None:
         cands = _candidates(img, mask, n_candidates, roi_line, blobs=blobs, box=window, blob_min_peak=blob_min_peak)
-        best = _evaluate(img, cands, noise, min_len, t_range_of, prune=0.5, **excl)
+        # seen from the side (the line runs the way anterior travel goes), a needle is long and
+        # crosses skin and soft tissue; seen along the AP axis it is short, and may lie on an
+        # endplate's line, which must not take its place
+        best = _evaluate(img, cands, noise, min_len, t_range_of, prune=0.5, **excl,
+                         may_subsume=lambda ln: abs(_anterior_along(geometry, ln.p0 + 0.5 * (ln.t0 + ln.t1) * ln.d,
+                                                                    ln.d)) > ANTERIOR_ALONG_MIN)
     blob = blobs[0] if blobs else None
     if blob is not None and best is not None:
         # the blob wins over a line it is not part of when it is much darker than the line
