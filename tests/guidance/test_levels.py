@@ -156,6 +156,34 @@ def test_puncture_guide_warns_when_the_views_count_differently(frames, monkeypat
         assert any(w.startswith("levels disagree") for w in st.warnings) == bool(shift), st.warnings
 
 
+@pytest.mark.parametrize("unsure", [(), ("lateral",), ("ap", "lateral")])
+def test_puncture_guide_warns_when_every_view_counts_uncertainly(frames, monkeypatch, unsure):
+    """The views agree, but a count resting only on uncertain naming (every view's naming
+    confidence under ``NAMING_CONFIDENCE_MIN``) is flagged in either view; one sure view is
+    enough not to be. Both rendered views here name with confidence >= 0.99."""
+    from dataclasses import replace
+
+    from openfluoro.guidance import puncture as PG
+
+    _, ap, lat = frames
+    real = LV.detect_levels
+    assert min(real(f.image, f.geometry).confidence for f in (ap, lat)) >= LV.NAMING_CONFIDENCE_MIN
+
+    def detect(image, geometry):
+        res = real(image, geometry)
+        return replace(res, confidence=0.5) if res.view in unsure else res
+
+    monkeypatch.setattr(PG, "detect_levels", detect)
+    guide = PG.PunctureGuide("L4-L5")
+    guide.update(lat.image, lat.geometry)
+    for f in (ap, lat):
+        st = guide.update(f.image, f.geometry)
+        assert ("level count uncertain; count them" in st.warnings) == (len(unsure) == 2), st.warnings
+    alone = PG.PunctureGuide("L4-L5")
+    st = alone.update(lat.image, lat.geometry)                     # a single view: its own count
+    assert ("level count uncertain; count them" in st.warnings) == ("lateral" in unsure), st.warnings
+
+
 def test_training_variants_mirror_the_disc_positions_with_the_image():
     """A randomised training variant that mirrors an AP frame moves the disc windows with it:
     the feature window at a disc of the mirrored frame is the window of the original, read

@@ -39,7 +39,8 @@ from openfluoro.guidance.cases import CaseRecord, FrameRecord, case_patient, mak
 from openfluoro.guidance.decompression import DecompressionMonitor
 from openfluoro.guidance.depth import SacModel, distance_to_sac, epipolar_line, needle_from_views
 from openfluoro.guidance.interspace import InterspaceTracker, measure_interspaces, px_per_mm_at_isocentre
-from openfluoro.guidance.levels import LevelResult, detect_levels, endplate_segments, reconcile_names
+from openfluoro.guidance.levels import (NAMING_CONFIDENCE_MIN, LevelResult, count_uncertain, detect_levels,
+                                        endplate_segments, reconcile_names)
 from openfluoro.guidance.needle import NeedleDetection, NeedleTracker
 
 MATCH_MM = 8.0
@@ -203,7 +204,7 @@ def _score_level_views(ap: list[FrameRecord], lat: list[FrameRecord], target: st
     if lv_ap is not None and lv_lat is not None:
         two, _ = reconcile_names(lv_ap, ap[-1].geometry, lv_lat, lat[-1].geometry)
         scores.level.append({"case": case, **score_levels(two, ap[-1], target), "view": "ap+lateral",
-                             "conflict": bool(two.name_conflicts)})
+                             "conflict": bool(two.name_conflicts), "uncertain": count_uncertain(lv_ap, lv_lat)})
     return lv_ap, lv_lat
 
 
@@ -332,6 +333,12 @@ def summarise(scores: Scores) -> tuple[str, dict[str, float]]:
         lines.append(f"  AP and lateral name an interspace differently (warned) in {sum(r['conflict'] for r in both)}"
                      f"/{len(both)} cases; of the {len(wrong)} whose target the two views name wrong, "
                      f"{sum(r['conflict'] for r in wrong)} warned")
+        flagged = [r for r in both if r["uncertain"] and not r["conflict"]]
+        lines.append(f"  the two views agree but name with confidence under {NAMING_CONFIDENCE_MIN} (warned: count "
+                     f"uncertain) in {len(flagged)}/{len(both)} cases; warned either way: "
+                     f"{sum(r['conflict'] or r['uncertain'] for r in wrong)} of the {len(wrong)} named wrong, "
+                     f"{sum(r['conflict'] or r['uncertain'] for r in both if r['target_ok'] is not False)} of the "
+                     f"{sum(r['target_ok'] is not False for r in both)} named right")
     if scores.verdicts:
         ok = sum(v["verdict"] == v["truth"] for v in scores.verdicts)
         lines.append(f"  decompression verdicts matching the truth: {ok}/{len(scores.verdicts)} "

@@ -1076,6 +1076,21 @@ def _vertebrae(discs: list[Disc]) -> list[Vertebra]:
     return out
 
 
+#: a view's count of the levels is uncertain below this naming confidence (``LevelResult.confidence``,
+#: from the margin between the best and the next offset of the names): on the development
+#: phantoms' frames (168 views, seeds 11-17) one view is under it (0.66), the next lowest 0.9975
+NAMING_CONFIDENCE_MIN = 0.99
+
+
+def count_uncertain(*views: LevelResult | None) -> bool:
+    """Whether the count of the levels rests only on uncertain naming: every given view that
+    names its interspaces with the model does so with a confidence under
+    ``NAMING_CONFIDENCE_MIN`` (one confident view is enough where the views agree; where they
+    disagree, ``name_conflicts`` says so)."""
+    named = [v for v in views if v is not None and v.anchor == "model" and v.discs]
+    return bool(named) and all(v.confidence < NAMING_CONFIDENCE_MIN for v in named)
+
+
 def transfer_names(ap: LevelResult, ap_geometry: Geometry, lateral: LevelResult, lateral_geometry: Geometry,
                    match_mm: float = 6.0) -> LevelResult:
     """Name the interspaces of an AP frame from a lateral of the same patient position.

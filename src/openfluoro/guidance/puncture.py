@@ -35,7 +35,8 @@ from openfluoro.geometry.carm import Geometry
 from openfluoro.guidance.depth import Needle3D, SacDistance, SacModel, distance_to_sac, epipolar_line, needle_from_views
 from openfluoro.guidance.interspace import px_per_mm_at_isocentre
 from openfluoro.guidance.background import RETRY_EMPTY_FRAMES, BackgroundDetection, pose_key
-from openfluoro.guidance.levels import LevelResult, detect_levels, endplate_segments, reconcile_names, view_frame
+from openfluoro.guidance.levels import (LevelResult, count_uncertain, detect_levels, endplate_segments,
+                                        reconcile_names, view_frame)
 from openfluoro.guidance.needle import NOT_FOUND, NeedleDetection, NeedleTracker
 
 #: canal depth behind the posterior body line assumed to reach the laminae (mm)
@@ -157,6 +158,7 @@ class PunctureGuide:
     def update(self, image: np.ndarray, geometry: Geometry, events: Sequence[str] = ()) -> PunctureStatus:
         st = self._state(image, geometry)
         levels = st.levels
+        own: tuple[LevelResult | None, ...] = (levels,)       # each view's own count
         conflicts: tuple[tuple[str, str], ...] = ()
         view = levels.view if levels is not None else view_frame(geometry, np.shape(image)).kind
         if levels is not None:
@@ -167,6 +169,7 @@ class PunctureGuide:
             pair = next((o for o in self._poses.values() if o.levels is not None and o.levels.view == other_kind
                          and o.geometry.pose.isocentre_lps_mm == geometry.pose.isocentre_lps_mm), None)
             if pair is not None:
+                own = (levels, pair.levels)
                 ap_st = st if view == "ap" else pair
                 lat_st = pair if view == "ap" else st
                 named_ap, named_lat = self._one_count(ap_st, lat_st)
@@ -189,6 +192,8 @@ class PunctureGuide:
         if conflicts:
             ap_name, lat_name = conflicts[0]
             warnings.append(f"levels disagree: AP {ap_name} = lateral {lat_name}; count them")
+        elif count_uncertain(*own):
+            warnings.append("level count uncertain; count them")
         target = levels.disc(self.target_level) if levels is not None else None
         tip_level = on_level = in_window = heading = None
         off_mid = None
