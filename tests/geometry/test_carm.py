@@ -103,3 +103,15 @@ def test_pose_keeps_its_isocentre_as_a_tuple_and_shares_its_matrices():
         g1.projection_matrix()[0, 0] = 1.0
     with pytest.raises(ValueError, match="3 coordinates"):
         CArmPose(isocentre_lps_mm=(1.0, 2.0))
+
+
+@pytest.mark.parametrize("view", ["AP", "lateral_left"])
+def test_pixels_per_mm_at_the_isocentre_is_what_the_projection_does(view):
+    """A 20 mm segment through the isocentre, across the beam, projects to 20 x
+    ``px_per_mm_at_isocentre`` pixels (SID 1100 / SOD 700, 0.6 mm pixels: 2.619 px/mm)."""
+    g = Geometry(standard_view(view, CArmPose(sid_mm=1100.0, sod_mm=700.0, isocentre_lps_mm=(5.0, -3.0, 40.0))),
+                 Detector.square(500, 300.0))
+    iso = np.asarray(g.pose.isocentre_lps_mm)
+    ends = g.project(np.array([iso - 10.0 * g.pose.u_axis, iso + 10.0 * g.pose.u_axis]))
+    assert g.px_per_mm_at_isocentre == pytest.approx(1100.0 / 700.0 / 0.6)
+    assert np.hypot(*(ends[1] - ends[0])) == pytest.approx(20.0 * g.px_per_mm_at_isocentre, rel=1e-9)

@@ -198,6 +198,11 @@ class Geometry:
     detector: Detector = field(default_factory=Detector)
     collimator: Collimator = field(default_factory=Collimator)
 
+    @property
+    def px_per_mm_at_isocentre(self) -> float:
+        """Image pixels per millimetre of an object in the isocentre plane (parallel to the detector)."""
+        return self.pose.magnification / self.detector.image_pitch_mm
+
     def projection_matrix(self) -> np.ndarray:
         """3x4 matrix P mapping homogeneous LPS mm to homogeneous image (col, row) pixel indices.
 

@@ -85,8 +85,7 @@ def view_frame(geometry: Geometry, shape: tuple[int, int]) -> ViewFrame:
     lateral = abs(ant[0]) > 0.5 * float(np.hypot(*sup))
     flip_x = bool(lateral and ant[0] > 0)
     flip_y = bool(sup[1] > 0)
-    px_per_mm = geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
-    return ViewFrame("lateral" if lateral else "ap", flip_x, flip_y, float(px_per_mm), rows, cols)
+    return ViewFrame("lateral" if lateral else "ap", flip_x, flip_y, float(geometry.px_per_mm_at_isocentre), rows, cols)
 
 
 @dataclass

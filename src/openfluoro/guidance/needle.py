@@ -177,11 +177,6 @@ def _med(x) -> float:
     return float(F.median(np.ascontiguousarray(x, dtype=np.float64).ravel()))
 
 
-def _px_per_mm(geometry: Geometry) -> float:
-    """Image pixels per millimetre at the isocentre plane."""
-    return geometry.pose.sid_mm / geometry.pose.sod_mm / geometry.detector.image_pitch_mm
-
-
 def _mask_for(image: np.ndarray) -> np.ndarray:
     """Pixels worth searching: not the burnt-in frame counter, not collimated (black) borders."""
     rows, cols = image.shape
@@ -532,7 +527,7 @@ def _projected_bevel_px(geometry: Geometry, p_px: np.ndarray, d_px: np.ndarray, 
     direction, among those the image line allows, closest to anterior (a posterior
     approach), but no less than ``MIN_FORESHORTENING``."""
     bevel_mm = od_mm / math.tan(math.radians(BEVEL_ANGLE_DEG))
-    mag = geometry.pose.sid_mm / geometry.pose.sod_mm
+    mag = geometry.pose.magnification
     if foreshortening is None:
         foreshortening = estimate_foreshortening(geometry, p_px, d_px, (0.0, -1.0, 0.0))
     f = float(np.clip(foreshortening, MIN_FORESHORTENING, 1.0))
@@ -995,7 +990,7 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
     mask = _mask_for(img)
     if noise is None:
         noise = F.noise_sigma(image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else img)
-    px_per_mm = _px_per_mm(geometry)
+    px_per_mm = geometry.px_per_mm_at_isocentre
     min_len = min_length_mm * px_per_mm
     excl = {"exclude": exclude_segments, "exclude_tol_px": EXCLUDE_TOL_MM * px_per_mm}
     roi_line = None
@@ -1062,7 +1057,7 @@ def _lines_off(img: np.ndarray, mid: np.ndarray) -> list[_Line]:
 def _stronger_among(img: np.ndarray, lines: list[_Line], geometry: Geometry, noise: float, exclude: Sequence,
                     score: float) -> bool:
     """Whether a needle-like segment on one of ``lines`` scores over 1.2 x the tracked ``score``."""
-    px_per_mm = _px_per_mm(geometry)
+    px_per_mm = geometry.px_per_mm_at_isocentre
     other = _evaluate(img, lines, noise, 4.0 * px_per_mm, prune=0.5, exclude=exclude,
                       exclude_tol_px=EXCLUDE_TOL_MM * px_per_mm)
     return other is not None and other.score > 1.2 * score
@@ -1176,7 +1171,7 @@ class NeedleTracker:
             tail, tip = np.asarray(found.tail_px, float), np.asarray(found.tip_px, float)
             L = max(float(np.hypot(*(tip - tail))), 1e-9)
             if _lies_along(_Line(tail, (tip - tail) / L, 0.0, L), self.exclude_segments,
-                           EXCLUDE_TOL_MM * _px_per_mm(geometry)):
+                           EXCLUDE_TOL_MM * geometry.px_per_mm_at_isocentre):
                 found = NOT_FOUND
         if not found.found:
             self._search = (geometry, self.background.submit(
