@@ -262,6 +262,23 @@ def test_virtual_collimation_blackens_outside():
     assert disp[mask].min() > 100  # a bright open field inside
 
 
+def test_blocked_edges_leave_no_line_along_the_blades():
+    """Behind real blades the panel gets (almost) nothing. The spatial filters must not see
+    that step: edge enhancement would draw a bright line along each blade inside the field.
+    A uniform field then shows uniform right up to the blades."""
+    r0, r1, c0, c1 = 20, 100, 30, 130
+    frame = np.full((128, 160), 1.0, np.float32)
+    frame[r0:r1, c0:c1] = 500.0
+    s = plain(collimation=(r0, r1, c0, c1), window=2.0, level=1.0, edge_amount=1.0, denoise_strength=1.0,
+              i0=I0)
+    disp = ImageChain(s).process(frame).astype(int)
+    inside = disp[r0:r1, c0:c1]
+    assert inside.max() - inside.min() <= 1, (inside.min(), inside.max())
+    # the same chain without the field set: the step is enhanced into a brighter rim
+    rim = ImageChain(plain(window=2.0, level=1.0, edge_amount=1.0, denoise_strength=1.0, i0=I0)).process(frame)
+    assert int(rim[r0, 60]) - int(rim[(r0 + r1) // 2, 60]) > 20
+
+
 def test_counter_overlay_touches_only_its_corner():
     rng = np.random.default_rng(9)
     frame = smooth_scene(rng, 512, 512)

@@ -101,3 +101,27 @@ def test_pulse_rate_changes_the_dose_rate_not_the_dose_per_frame(session):
     assert rate_15 == pytest.approx(per_frame_15 * 15 * 60, rel=1e-3)
     with pytest.raises(ValueError, match="pulse rate"):
         session.set_pulse_rate(12.0)
+
+
+def test_collimation_blocks_the_edges_and_the_display_windows_on_the_field(session):
+    """Blades block the beam outside the field: those pixels show black, and the automatic
+    window is set by the irradiated field alone, as on a clinical system. (Windowed on the
+    whole frame, the blocked edges were the darkest percentile and washed the anatomy out.)"""
+    session.set_view("AP")
+    open_img = session.run(0.6)[-1].image.astype(float)
+    session.pedal_up()
+    session.set_collimation(150.0, 110.0)
+    img = session.run(0.6)[-1].image.astype(float)
+    session.pedal_up()
+    field = session.collimator.mask(session.detector)
+    r0, r1, c0, c1 = session.collimator.field_px(session.detector)
+    assert field[r0:r1, c0:c1].all() and field.sum() == (r1 - r0) * (c1 - c0)
+    assert (img[~field][img.shape[1] * 10:] == 0).all()          # below the frame counter's rows
+    # the field's centre (the window's region) fills the grey scale, as the open frame's does
+    mr, mc = int(0.2 * (r1 - r0)), int(0.2 * (c1 - c0))
+    for im, (a, b, c, d) in ((open_img, (0, img.shape[0], 0, img.shape[1])), (img, (r0, r1, c0, c1))):
+        ra, ca = int(0.2 * (b - a)), int(0.2 * (d - c))
+        lo, hi = np.percentile(im[a + ra:b - ra, c + ca:d - ca], [1, 99])
+        assert lo <= 12 and hi >= 243, (lo, hi)
+    session.set_collimation(None, None)
+    assert session.chain.settings.collimation is None

@@ -76,6 +76,11 @@ def test_binning_and_collimation():
     assert mask.sum() == pytest.approx(512 * 512 * 0.5 * (100 / 300), rel=0.01)
     g = Geometry(CArmPose(sid_mm=1000, sod_mm=500), det, coll)
     assert g.field_area_at_isocentre_cm2() == pytest.approx(15 * 10 / 4)
+    # pixel centres within +-75 mm (columns) and +-50 mm (rows) of the panel centre, 300/512 mm apart
+    assert coll.field_px(det) == (171, 341, 128, 384)
+    assert Collimator().field_px(det) is None
+    with pytest.raises(ValueError, match="misses"):
+        Collimator(width_mm=0.1, height_mm=0.1).field_px(det)
 
 
 def test_named_views_and_errors():

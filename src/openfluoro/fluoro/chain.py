@@ -451,6 +451,19 @@ def _field(shape: tuple[int, int], collimation: tuple[int, int, int, int] | None
     return r0, r1, c0, c1
 
 
+def _continue_field(p: np.ndarray, sigma: np.ndarray, field: tuple[int, int, int, int]) -> None:
+    """Outside the collimated field, in place: the field's edge rows and columns carried out
+    to the frame's edges. The blocked edges hold no image (the display shows them black), and
+    the spatial filters must not see a step there: edge enhancement would draw a bright line
+    along every blade."""
+    r0, r1, c0, c1 = field
+    for a in (p, sigma):
+        a[:r0] = a[r0]
+        a[r1:] = a[r1 - 1]
+        a[:, :c0] = a[:, c0:c0 + 1]
+        a[:, c1:] = a[:, c1 - 1:c1]
+
+
 def auto_window(img: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0),
                 collimation: tuple[int, int, int, int] | None = None) -> tuple[float, float]:
     """The two ``percentiles`` of ``img`` inside the collimated field, ``(low, high)``.
@@ -645,6 +658,8 @@ class ImageChain:
 
         i0 = self._i0_for(f, meta)
         x, sig = log_normalize(f, i0, s.quanta_per_unit, out=self._p, sigma_out=self._sig)
+        if s.collimation is not None:
+            _continue_field(x, sig, _field(x.shape, s.collimation))
         t.append(clock())
 
         y_out = self._ybufs[self._ysel]

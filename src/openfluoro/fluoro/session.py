@@ -144,8 +144,16 @@ class Session:
 
     def set_collimation(self, width_mm: float | None, height_mm: float | None) -> None:
         with self._lock:
-            self.collimator = Collimator(width_mm, height_mm)
-            self.chain.update(collimation=None)
+            collimator = Collimator(width_mm, height_mm)
+            try:
+                field = collimator.field_px(self.detector)
+            except ValueError as exc:
+                raise SessionError(str(exc)) from None
+            self.collimator = collimator
+            # the blades block the beam outside the field: the display windows on the field
+            # alone (a clinical system's auto-window ignores the collimated edges) and shows
+            # the blocked edges black
+            self.chain.update(collimation=field)
             self._decision = None
 
     # ------------------------------------------------------------------ technique

@@ -100,6 +100,17 @@ class Collimator:
         inside_v = np.abs(v - self.centre_v_mm) <= h / 2
         return inside_v[:, None] & inside_u[None, :]
 
+    def field_px(self, detector: Detector) -> tuple[int, int, int, int] | None:
+        """The irradiated field as image pixels ``(row0, row1, col0, col1)`` (half-open), or
+        None when the field is the whole panel: what the image chain windows on."""
+        m = self.mask(detector)
+        if m.all():
+            return None
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if rows.size == 0:
+            raise ValueError(f"Collimator {self}: the field misses the {detector.rows}x{detector.cols} panel")
+        return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
 
 def pixel_offsets_mm(detector: Detector) -> tuple[np.ndarray, np.ndarray]:
     """In-plane offsets (u along columns, v along rows) of image-pixel centres from the panel centre."""
