@@ -34,3 +34,25 @@ def test_rows_box4_is_the_edge_padded_four_row_mean():
     b[2, 1] = np.nan                                          # a gap spoils only the rows that see it
     got = F.rows_box4(b)
     assert np.isnan(got[0:4, 1]).all() and np.isfinite(got[4:, 1]).all()
+
+
+def test_field_rect_finds_the_blades_and_not_the_frame_counter():
+    """A displayed frame with black blades on three sides and the chain's frame counter (white
+    digits on a black box, top-left): the field is what lies between the blades. Black inside
+    the field (dense bone), a lone counter, or a frame black all over leave the whole frame."""
+    from openfluoro.fluoro.chain import draw_counter
+
+    rng = np.random.default_rng(4)
+    img = rng.integers(20, 230, (512, 512)).astype(np.uint8)
+    img[200:260, 150:400] = 0                                    # clipped bone in the field
+    open_img = img.copy()
+    draw_counter(open_img, 123456)
+    assert F.field_rect(open_img) == (0, 512, 0, 512)
+    img[:100] = 0
+    img[420:] = 0
+    img[:, :60] = 0
+    draw_counter(img, 123456)                                    # drawn on top of a blade
+    assert F.field_rect(img) == (100, 420, 60, 512)
+    assert F.field_rect(np.zeros((64, 64), np.uint8)) == (0, 64, 0, 64)
+    with pytest.raises(ValueError, match="2-D"):
+        F.field_rect(np.zeros(5))

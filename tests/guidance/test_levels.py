@@ -216,3 +216,35 @@ def test_training_variants_mirror_the_disc_positions_with_the_image():
     nx = int(round(PATCH_W_MM / STEP_MM))
     w0, w1 = f0[: f0.size // 2 - 1].reshape(-1, nx), f1[: f1.size // 2 - 1].reshape(-1, nx)
     assert np.allclose(w0, w1[:, ::-1], atol=0.5)
+
+
+@pytest.mark.parametrize("view", ["AP", "lateral_left", "lateral_right"])
+def test_a_collimated_frame_is_named_from_what_training_saw(view):
+    """Training sees collimated variants through ``_Field.of_rect`` (the field in normalised
+    coordinates); detection finds the blades in the displayed frame (``_field``). For a frame
+    blacked out around a field, in a view that flips it when normalised, both give the same
+    field, and the naming image holds values only inside it (NaN behind the blades)."""
+    from openfluoro.geometry.carm import CArmPose, Geometry, standard_view
+    from openfluoro.guidance.train_levels import collimated_field
+
+    g = Geometry(standard_view(view, CArmPose(sid_mm=1000.0, sod_mm=700.0)), Detector.square(512, 300.0))
+    rng = np.random.default_rng(5)
+    img = LV.F.blur(rng.uniform(20, 230, (512, 512)).astype(np.float32), 3.0).astype(np.uint8)
+    r0, r1, c0, c1 = 90, 400, 130, 470                 # image coordinates, off centre
+    img[:r0], img[r1:], img[:, :c0], img[:, c1:] = 0, 0, 0, 0
+    vf = LV.view_frame(g, img.shape)
+    found = LV._field(img, vf)
+    (x0, y0), (x1, y1) = vf.to_norm([(c0, r0), (c1 - 1, r1 - 1)])
+    rect = (int(min(y0, y1)), int(max(y0, y1)) + 1, int(min(x0, x1)), int(max(x0, x1)) + 1)
+    trained = LV._Field.of_rect(rect, img.shape)
+    assert found is not None and found.rect == trained.rect
+    assert np.array_equal(found.small_mask, trained.small_mask)
+    pxs = vf.px_per_mm / LV.SCALE
+    small = LV._fill_outside(LV._quarter(vf.norm_image(img).astype(np.float32)), found.small_mask, 10.0 * pxs)
+    sm = LV.naming_image(small, pxs, found)
+    assert np.isnan(sm[~found.small_mask]).all() and np.isfinite(sm[found.small_mask]).all()
+    # the training fields: 40-85 % of a side where blades close it, about the centre
+    for seed in range(20):
+        a0, a1, b0, b1 = collimated_field((512, 512), np.random.default_rng(seed))
+        assert 0 <= a0 < a1 <= 512 and 0 <= b0 < b1 <= 512
+        assert (a1 - a0 == 512 or 0.4 * 512 <= a1 - a0 <= 0.9 * 512) and (b1 - b0 == 512 or 0.35 * 512 <= b1 - b0 <= 0.9 * 512)

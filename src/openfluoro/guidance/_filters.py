@@ -690,3 +690,68 @@ def rows_box4(a: np.ndarray) -> np.ndarray:
     if a.size:
         _rows_box4_kernel(a, out)
     return out
+
+
+# ------------------------------------------------------------------------- the irradiated field
+#: a displayed pixel at most this grey is blank: behind the collimator's blades a display shows black
+BLANK_GREY = 2.0
+#: a row or column at the frame's edge is behind a blade when this fraction of it is blank
+BLANK_FRACTION = 0.97
+
+
+def counter_box(shape: tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) from the top-left corner that a burnt-in frame counter (up to six digits
+    of a 3x5 font, white on a black box, scaled with the image) may cover."""
+    s = max(1, min(shape) // 256)
+    return 13 * s, 30 * s
+
+
+@numba.njit(cache=True, nogil=True)
+def _blank_fraction(img, r, c0, c1, by_row, grey):
+    """Fraction of every other pixel of row (or column) ``r`` from ``c0`` to ``c1`` that is blank."""
+    n = 0
+    k = 0
+    for j in range(c0, c1, 2):
+        v = img[r, j] if by_row else img[j, r]
+        k += 1
+        if v <= grey:
+            n += 1
+    return n / k if k else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _field_rect_kernel(img, cr, cc, grey, frac):
+    rows, cols = img.shape
+
+    def blank_row(r, c_lo, c_hi):
+        lo = max(c_lo, cc) if r < cr else c_lo       # the counter's black box is not a blade
+        return c_hi > lo and _blank_fraction(img, r, lo, c_hi, True, grey) >= frac
+
+    def blank_col(c, r_lo, r_hi):
+        lo = max(r_lo, cr) if c < cc else r_lo
+        return r_hi > lo and _blank_fraction(img, c, lo, r_hi, False, grey) >= frac
+
+    r0, r1, c0, c1 = 0, rows, 0, cols
+    while r0 < r1 and blank_row(r0, 0, cols):
+        r0 += 1
+    while r1 > r0 and blank_row(r1 - 1, 0, cols):
+        r1 -= 1
+    while c0 < c1 and blank_col(c0, r0, r1):
+        c0 += 1
+    while c1 > c0 and blank_col(c1 - 1, r0, r1):
+        c1 -= 1
+    return r0, r1, c0, c1
+
+
+def field_rect(img: np.ndarray) -> tuple[int, int, int, int]:
+    """The irradiated field of a displayed frame, ``(row0, row1, col0, col1)`` (half-open): the
+    frame less the blank (black) rows and columns at its edges, where the collimator's blades
+    kept the beam off. The whole frame when nothing is blank, or when everything is."""
+    a = np.asarray(img)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"field_rect: expected a 2-D image, got shape {a.shape}")
+    cr, cc = counter_box(a.shape)
+    r0, r1, c0, c1 = _field_rect_kernel(a, cr, cc, BLANK_GREY, BLANK_FRACTION)
+    if r1 - r0 < 8 or c1 - c0 < 8:
+        return 0, a.shape[0], 0, a.shape[1]
+    return int(r0), int(r1), int(c0), int(c1)

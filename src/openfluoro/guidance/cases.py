@@ -51,6 +51,8 @@ class CaseSpec:
     pulse_rate_pps: float
     traction_mm: float             # 0 = no traction part
     noise_seed: int
+    # collimator field at the detector (width, height) in mm, None = open; the same for every view
+    collimation_mm: tuple[float | None, float | None] = (None, None)
 
     def describe(self) -> str:
         p = self.phantom
@@ -58,12 +60,16 @@ class CaseSpec:
                 f"degen {p.disc_degeneration:.2f} bone {p.bone_density:.2f} {p.sex}; {self.level} "
                 f"{self.gauge}G off-midline {self.off_midline_mm:+.0f} mm depth x{self.depth_fraction:.2f}; "
                 f"{self.ap_view}/{self.lat_view} {self.dose_mode} dose, SID {self.sid_mm:.0f}"
-                + (f"; traction {self.traction_mm:.1f} mm" if self.traction_mm else ""))
+                + (f"; traction {self.traction_mm:.1f} mm" if self.traction_mm else "")
+                + ("; collimated to " + " x ".join("open" if v is None else f"{v:.0f}" for v in self.collimation_mm)
+                   + " mm" if self.collimation_mm != (None, None) else ""))
 
 
 def make_cases(n: int, seed: int, *, dev: bool = False, voxel_mm: float = 1.5) -> list[CaseSpec]:
     """``n`` varied cases from ``seed``; phantom seeds are disjoint between ``dev`` and evaluation."""
     rng = np.random.default_rng([seed, 7919 if dev else 104729])
+    # a stream of its own, so that adding collimation left every other draw as it was
+    coll_rng = np.random.default_rng([seed, 7919 if dev else 104729, 3])
     out = []
     for i in range(n):
         lo, hi = (1, EVAL_SEED_FLOOR) if dev else (EVAL_SEED_FLOOR, 2**31 - 1)
@@ -86,9 +92,18 @@ def make_cases(n: int, seed: int, *, dev: bool = False, voxel_mm: float = 1.5) -
             lat_jitter_deg=(float(rng.uniform(-2, 2)), float(rng.uniform(-2, 2))),
             sid_mm=float(rng.uniform(950.0, 1150.0)), pulse_rate_pps=float(rng.choice([3.75, 7.5, 15.0])),
             traction_mm=float(rng.uniform(1.0, 3.5)) if rng.uniform() < 0.4 else 0.0,
-            noise_seed=int(rng.integers(0, 2**31 - 1))))
+            noise_seed=int(rng.integers(0, 2**31 - 1)), collimation_mm=_draw_collimation(coll_rng)))
     # shuffle levels and dose modes jointly so every combination appears for n >= 9
     return out
+
+
+def _draw_collimation(rng: np.random.Generator) -> tuple[float | None, float | None]:
+    """Half the cases are collimated, as a clinician cones down on the interspace: side blades,
+    top and bottom blades, or both, to a field of 130-240 mm at the 300 mm panel (87-160 mm at
+    the isocentre)."""
+    kind = int(rng.integers(0, 6))
+    w, h = float(rng.uniform(130.0, 240.0)), float(rng.uniform(150.0, 240.0))
+    return ((w if kind in (3, 5) else None), (h if kind in (4, 5) else None))
 
 
 @lru_cache(maxsize=4)
@@ -219,6 +234,8 @@ def run_case(spec: CaseSpec, size_px: int = 512, field_mm: float = 300.0) -> Cas
     s = Session.for_patient(patient, detector=det, seed=spec.noise_seed)
     s.set_pulse_rate(spec.pulse_rate_pps)
     s.set_dose_mode(spec.dose_mode)
+    if spec.collimation_mm != (None, None):
+        s.set_collimation(*spec.collimation_mm)
     _centre_on(s, centre)
     lat_primary = 90.0 if spec.lat_view == "lateral_left" else -90.0
 

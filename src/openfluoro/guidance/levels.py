@@ -853,14 +853,82 @@ def remeasure_disc(norm: np.ndarray, px_per_mm: float, prev: RefinedDisc, kind: 
                        prev.u_back, float(np.mean(w)), float(max(up[2], lo[2])))
 
 
+#: interspaces whose centre or body margins come this close to a collimator blade's edge
+#: (mm at the isocentre) are left out: the step to black looks like an endplate
+FIELD_EDGE_MM = 4.0
+
+
+@dataclass(frozen=True)
+class _Field:
+    """The irradiated field of a collimated frame in normalised coordinates: full-res
+    ``(row0, row1, col0, col1)`` and a quarter-res mask of the wholly irradiated pixels."""
+
+    rect: tuple[int, int, int, int]
+    small_mask: np.ndarray
+
+    def contains(self, p_norm, margin_px: float) -> bool:
+        r0, r1, c0, c1 = self.rect
+        return c0 + margin_px <= p_norm[0] < c1 - margin_px and r0 + margin_px <= p_norm[1] < r1 - margin_px
+
+    @classmethod
+    def of_rect(cls, rect: tuple[int, int, int, int], shape: tuple[int, int]) -> "_Field":
+        """The field of a normalised frame of ``shape`` irradiated inside ``rect``."""
+        m = np.zeros(shape, np.float32)
+        r0, r1, c0, c1 = rect
+        m[r0:r1, c0:c1] = 1.0
+        return cls(tuple(map(int, rect)), _quarter(m) > 0.999)
+
+
+def _field(img: np.ndarray, vf: ViewFrame) -> _Field | None:
+    """The collimated field of a frame (None when the beam covers it all), normalised."""
+    rows, cols = img.shape
+    r0, r1, c0, c1 = F.field_rect(img)
+    if (r0, r1, c0, c1) == (0, rows, 0, cols):
+        return None
+    (x0, y0), (x1, y1) = vf.to_norm([(c0, r0), (c1 - 1, r1 - 1)])
+    return _Field.of_rect((int(min(y0, y1)), int(max(y0, y1)) + 1, int(min(x0, x1)), int(max(x0, x1)) + 1),
+                          (rows, cols))
+
+
+def naming_image(small: np.ndarray, pxs: float, fld: _Field | None) -> np.ndarray:
+    """The image the naming windows are sampled from (``naming.smooth_for_features`` of the
+    quarter-res frame, filled behind the blades by ``_fill_outside``): NaN behind the blades,
+    as beyond the frame's edge. Shared by detection and training."""
+    from openfluoro.guidance import naming
+
+    sm = naming.smooth_for_features(small, pxs)
+    if fld is not None:
+        sm[~fld.small_mask] = np.nan
+    return sm
+
+
+def _fill_outside(small: np.ndarray, inside: np.ndarray, sigma_px: float) -> np.ndarray:
+    """``small`` with the pixels outside the field replaced by a smooth continuation of the
+    field (nearest field pixel, then blurred), so that the blades' edges make no bands."""
+    from scipy import ndimage
+
+    if not inside.any():
+        return small
+    _, (ri, ci) = ndimage.distance_transform_edt(~inside, return_indices=True)
+    cont = F.blur(np.ascontiguousarray(small[ri, ci], np.float32), sigma_px)
+    return np.where(inside, small, cont).astype(np.float32)
+
+
 def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
-    """Find the vertebral column, its interspaces and their names in one frame."""
+    """Find the vertebral column, its interspaces and their names in one frame. In a
+    collimated frame only the irradiated field is searched and named from."""
     img = np.asarray(image)
     vf = view_frame(geometry, img.shape)
     norm = vf.norm_image(img).astype(np.float32)
     small = _quarter(norm)
     pxs = vf.px_per_mm / SCALE
+    fld = _field(img, vf)
+    if fld is not None:
+        small = _fill_outside(small, fld.small_mask, 10.0 * pxs)
     cands, bank = disc_candidates(small, pxs, vf.kind)
+    if fld is not None:
+        edge = FIELD_EDGE_MM * vf.px_per_mm
+        cands = [c for c in cands if fld.contains((c.x * SCALE + 1.5, c.y * SCALE + 1.5), edge)]
     ax = None
     if vf.kind == "ap":
         ax = column_axis(small, pxs)
@@ -869,7 +937,7 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
                  if abs(c.x - ax[int(np.clip(round(c.y), 0, rows_s - 1))]) < 12.0 * pxs and abs(c.angle) < math.radians(24)]
     use_hm = vf.kind in _disc_model(str(DISC_MODEL_PATH))
     if use_hm:
-        chain = _heatmap_candidates(small, pxs, bank, vf.kind)
+        chain = _heatmap_candidates(small, pxs, bank, vf.kind, fld)
     else:
         chain = _chain(cands, pxs, vf.kind)
         chain = _extend(chain, bank, pxs, vf.kind, ax)
@@ -881,13 +949,17 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
         rd = refine_disc(norm_sm, vf.px_per_mm, cn, c.angle, vf.kind)
         if use_hm:
             rd = _refine_near(norm_sm, vf, cn, c, rd, cands)
+        if rd is not None and fld is not None and not all(
+                fld.contains(rd.point(u, w), FIELD_EDGE_MM * vf.px_per_mm)
+                for u in (rd.u_front, rd.u_back) for w in ("upper", "lower")):
+            rd = None                      # a blade cuts the body: its margins are the blade's
         refined.append((cn, rd))
     names, anchor, conf = [None] * len(chain), "none", 0.0
     shift_scores: tuple[tuple[int, float], ...] = ()
     from openfluoro.guidance import naming
 
     if chain and naming.model_available(vf.kind):
-        sm = naming.smooth_for_features(small, pxs)
+        sm = naming_image(small, pxs, fld)
         feats = np.array([naming.disc_features(sm, pxs, *naming.to_small(rd.centre if rd is not None else cn))
                           for cn, rd in refined])
         prob = naming.name_probabilities(vf.kind, feats)
@@ -956,12 +1028,27 @@ def _refine_near(norm: np.ndarray, vf: ViewFrame, cn, c: DiscCandidate, rd: "Ref
     return None
 
 
-def _heatmap_candidates(small: np.ndarray, pxs: float, bank: np.ndarray, kind: str) -> list[DiscCandidate]:
-    """The chain of interspaces from the learned heat map, as quarter-res candidates."""
+def _heatmap_candidates(small: np.ndarray, pxs: float, bank: np.ndarray, kind: str,
+                        fld: _Field | None = None) -> list[DiscCandidate]:
+    """The chain of interspaces from the learned heat map, as quarter-res candidates. Behind
+    a collimator's blades the channels are zero, as beyond the frame's edge, and no
+    interspace is placed there or at the blades' edges."""
     ch = heatmap_channels(small, pxs, bank)
+    if fld is not None:
+        gy = np.minimum(np.rint(np.arange(ch.shape[1]) * GRID_MM * pxs).astype(int), small.shape[0] - 1)
+        gx = np.minimum(np.rint(np.arange(ch.shape[2]) * GRID_MM * pxs).astype(int), small.shape[1] - 1)
+        grid_in = fld.small_mask[np.ix_(gy, gx)]
+        ch = ch * grid_in[None]
     S = disc_heatmap(ch, kind)
     if S is None:
         return []
+    if fld is not None:
+        r0, r1, c0, c1 = fld.rect
+        e = FIELD_EDGE_MM * pxs * SCALE
+        yy = np.arange(S.shape[0]) * GRID_MM * pxs * SCALE
+        xx = np.arange(S.shape[1]) * GRID_MM * pxs * SCALE
+        ok = ((yy >= r0 + e) & (yy < r1 - e))[:, None] & ((xx >= c0 + e) & (xx < c1 - e))[None, :]
+        S = np.where(ok, S, np.float32(-50.0))
     A = bank.argmax(axis=0)
     rows, cols = small.shape
     out = []

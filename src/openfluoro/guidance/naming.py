@@ -13,7 +13,9 @@ The weights (``models/level_names.npz``) were trained by ``openfluoro.guidance.t
 on frames of phantoms with seeds in the development range (below ``cases.EVAL_SEED_FLOOR``),
 and on randomised variants of those frames (``train_levels.augment_view``: display gamma, soft
 blobs, a CT's scan range ending in the field, AP mirror) so that the names transfer to
-frames of real CTs; the evaluation draws phantoms from the disjoint range.
+frames of real CTs; half of the variants are seen through a collimator
+(``train_levels.collimated_field``): behind the blades the window holds no values, as beyond
+the frame's edge. The evaluation draws phantoms from the disjoint range.
 """
 
 from __future__ import annotations

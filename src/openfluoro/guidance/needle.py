@@ -105,6 +105,14 @@ EXCLUDE_TOL_MM = 12.0
 EXCLUDE_ANGLE_DEG = 6.0
 #: a line's second run is tried too where it scores at least this fraction of its best one
 ALT_RUN_MIN_RATIO = 0.5
+#: least score of a line that the whole-frame search reports in a view that sees the needle
+#: from the side (``_sees_from_side``): there it crosses the posterior soft tissue in profile. On the
+#: development laterals every real needle found so scored 69 or more (one 6 mm long between
+#: a blade and its tip); the lines found where a blade hid the needle, 8-39
+MIN_SCORE_SIDE_ON = 50.0
+#: pixels inside a collimator blade's edge left out of the line search (the step to black
+#: gives a ridge response a few pixels wide)
+FIELD_EDGE_PX = 4
 
 
 @dataclass(frozen=True)
@@ -178,12 +186,23 @@ def _med(x) -> float:
 
 
 def _mask_for(image: np.ndarray) -> np.ndarray:
-    """Pixels worth searching: not the burnt-in frame counter, not collimated (black) borders."""
+    """Pixels worth searching: not the burnt-in frame counter, not the collimated (black)
+    borders nor the few pixels inside their edges, where the step to black looks like a line."""
     rows, cols = image.shape
-    m = np.ones((rows, cols), bool)
-    s = max(1, min(rows, cols) // 256)
-    m[: 2 * s + 5 * s + 2 * s + 4 * s, : 2 * s + 6 * 4 * s + 4 * s] = False
+    m = np.zeros((rows, cols), bool)
+    r0, r1, c0, c1 = F.field_rect(image)
+    e = FIELD_EDGE_PX if (r0, r1, c0, c1) != (0, rows, 0, cols) else 0
+    m[r0 + (e if r0 else 0):r1 - (e if r1 < rows else 0), c0 + (e if c0 else 0):c1 - (e if c1 < cols else 0)] = True
+    cr, cc = F.counter_box(image.shape)
+    m[:cr, :cc] = False
     return m
+
+
+def frame_noise(image: np.ndarray) -> float:
+    """Pixel-noise SD of a displayed frame, in its irradiated field (blank blades have none)."""
+    r0, r1, c0, c1 = F.field_rect(image)
+    a = image if image.dtype == np.uint8 else np.asarray(image, np.float32)
+    return F.noise_sigma(np.ascontiguousarray(a[r0:r1, c0:c1]))
 
 
 def _clip_to_image(p0: np.ndarray, d: np.ndarray, rows: int, cols: int) -> tuple[float, float]:
@@ -597,6 +616,14 @@ def _anterior_along(geometry: Geometry, point: np.ndarray, d: np.ndarray) -> flo
     return along / float(np.hypot(*image_direction(geometry, point, (0.0, 0.0, 1.0))))
 
 
+def _sees_from_side(geometry: Geometry, shape: tuple[int, int]) -> bool:
+    """Whether the view shows anterior travel across the image (a lateral or a steep oblique),
+    so that a lumbar-puncture needle is seen from the side."""
+    c = np.array([(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0])
+    return float(np.hypot(*image_direction(geometry, c, (0.0, -1.0, 0.0)))) > \
+        ANTERIOR_ALONG_MIN * float(np.hypot(*image_direction(geometry, c, (0.0, 0.0, 1.0))))
+
+
 def _orient(line: _Line, image: np.ndarray, geometry: Geometry, prior: TipPrior | None,
             bevel_px: float) -> tuple[np.ndarray, np.ndarray, float, str]:
     """Return (tip, tail, side_confidence, cue) for a segmented line."""
@@ -604,9 +631,14 @@ def _orient(line: _Line, image: np.ndarray, geometry: Geometry, prior: TipPrior 
     e0 = line.p0 + line.t0 * line.d
     e1 = line.p0 + line.t1 * line.d
     votes: list[tuple[float, str]] = []   # positive: the t1 end is the tip
+    r0, r1, c0, c1 = F.field_rect(image)
 
     def near_border(p):
-        return min(p[0], p[1], cols - 1 - p[0], rows - 1 - p[1]) < 4.0
+        # the frame's edge, or a collimator blade's (whose edge the line search keeps off)
+        if min(p[0], p[1], cols - 1 - p[0], rows - 1 - p[1]) < 4.0:
+            return True
+        return any(e > 0 and d < FIELD_EDGE_PX + 4.0 for e, d in (
+            (r0, p[1] - r0), (rows - r1, r1 - 1 - p[1]), (c0, p[0] - c0), (cols - c1, c1 - 1 - p[0])))
 
     b0, b1 = near_border(e0), near_border(e1)
     if b0 != b1:
@@ -989,7 +1021,7 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
         raise ValueError(f"detect_needle: expected a 2-D grey image, got shape {image.shape}")
     mask = _mask_for(img)
     if noise is None:
-        noise = F.noise_sigma(image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else img)
+        noise = frame_noise(image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else img)
     px_per_mm = geometry.px_per_mm_at_isocentre
     min_len = min_length_mm * px_per_mm
     excl = {"exclude": exclude_segments, "exclude_tol_px": EXCLUDE_TOL_MM * px_per_mm}
@@ -1015,9 +1047,13 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
         # seen from the side (the line runs the way anterior travel goes), a needle is long and
         # crosses skin and soft tissue; seen along the AP axis it is short, and may lie on an
         # endplate's line, which must not take its place
-        best = _evaluate(img, cands, noise, min_len, t_range_of, prune=0.5, **excl,
-                         may_subsume=lambda ln: abs(_anterior_along(geometry, ln.p0 + 0.5 * (ln.t0 + ln.t1) * ln.d,
-                                                                    ln.d)) > ANTERIOR_ALONG_MIN)
+        def side_on(ln: _Line) -> bool:
+            return abs(_anterior_along(geometry, ln.p0 + 0.5 * (ln.t0 + ln.t1) * ln.d, ln.d)) > ANTERIOR_ALONG_MIN
+
+        best = _evaluate(img, cands, noise, min_len, t_range_of, prune=0.5, **excl, may_subsume=side_on)
+        if best is not None and roi is None and window is None and best.score < MIN_SCORE_SIDE_ON and \
+                _sees_from_side(geometry, img.shape):
+            best = None
     blob = blobs[0] if blobs else None
     if blob is not None and best is not None:
         # the blob wins over a line it is not part of when it is much darker than the line
@@ -1264,7 +1300,7 @@ class NeedleTracker:
         prior = self._prior()
         det = NOT_FOUND
         self._frames = getattr(self, "_frames", 0) + 1
-        noise = F.noise_sigma(image if image.dtype == np.uint8 else np.asarray(image, np.float32))
+        noise = frame_noise(image)
         held_before = self._held
         tracking = self.use_roi and self._tip is not None and self._tail is not None and self.last.found and \
             self.last.confidence > 0.5

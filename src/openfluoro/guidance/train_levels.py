@@ -1,16 +1,19 @@
 """Train the interspace-naming model (``naming.py``) on the project's own phantom frames.
 
-    python -m openfluoro.guidance.train_levels --phantoms 250 --seed 77 [--augment 2] [--out PATH]
+    python -m openfluoro.guidance.train_levels --phantoms 250 --seed 77 [--augment 3] [--out PATH]
 
 For each development case (``cases.make_cases(..., dev=True)``: phantom seeds below
 ``EVAL_SEED_FLOOR``, so never an evaluation patient) it renders one AP and one lateral frame
 as the evaluation does (C-arm centred on the target interspace, jittered angles, SID, dose),
 projects the phantom's disc centres, and takes three jittered feature windows per visible
 disc, and as many from each of ``--augment`` randomised variants of the frame (display gamma,
-soft blobs, the end of a CT's scan range, AP mirror: ``augment_view``), so that the names do
-not rest on what only phantoms look like. A multinomial logistic regression (L2, L-BFGS) is
-fitted per view kind; 20 % of the phantoms are held out and their accuracy printed, on the
-plain windows and on all. About 3-5 s per phantom on two cores, plus about 2 minutes to fit.
+soft blobs, the end of a CT's scan range, AP mirror: ``augment_view``; half of them seen
+through a collimator, ``collimated_field``), so that the names do not rest on what only
+phantoms look like, nor on what a collimator hides. A multinomial logistic regression (L2,
+L-BFGS) is fitted per view kind; 20 % of the phantoms are held out and their accuracy
+printed, on the plain windows and on all. About 5-10 s per phantom on two cores, plus about
+4 minutes to fit. ``--frames-dir`` takes the frames pickled per phantom instead
+(``{"spec", "frames"}``, the frames as ``render_training_frames`` returns them).
 
     python -m openfluoro.guidance.train_levels --heatmap --phantoms 31 --seed 77 [--frames-dir DIR]
 
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from openfluoro.guidance import levels as LV
-from openfluoro.guidance.naming import CLASSES, MODEL_PATH, disc_features, save_model, smooth_for_features, to_small
+from openfluoro.guidance.naming import CLASSES, MODEL_PATH, disc_features, save_model, to_small
 
 
 def render_training_frames(spec):
@@ -129,9 +132,32 @@ def augment_view(norm: np.ndarray, rng: np.random.Generator, kind: str, px_per_m
     return np.ascontiguousarray(np.clip(a, 0, 255), dtype=np.float32), mirrored
 
 
+#: fraction of the randomised variants that are collimated (``collimated_field``)
+COLLIMATED_FRACTION = 0.5
+
+
+def collimated_field(shape: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A collimator's field on a frame (``(row0, row1, col0, col1)``): side blades, top and
+    bottom blades or both, leaving 40-85 % of the frame's width or height, about its centre
+    (the evaluation's cases: 130-240 mm of a 300 mm panel)."""
+    rows, cols = shape
+    kind = int(rng.integers(0, 3))
+
+    def span(n: int, closed: bool, lo: float, hi: float) -> tuple[int, int]:
+        if not closed:
+            return 0, n
+        f, c = rng.uniform(lo, hi), n / 2 + rng.normal(0, 0.02 * n)
+        return max(0, int(c - f * n / 2)), min(n, int(c + f * n / 2))
+
+    c0, c1 = span(cols, kind in (0, 2), 0.40, 0.85)
+    r0, r1 = span(rows, kind in (1, 2), 0.45, 0.85)
+    return r0, r1, c0, c1
+
+
 def features_of_frames(frames, rng: np.random.Generator, group: int, data: dict, augment: int = 0) -> None:
     """Three jittered feature windows per visible disc of each frame, and as many again from
-    each of ``augment`` randomised variants of the frame (``augment_view``)."""
+    each of ``augment`` randomised variants of the frame (``augment_view``; half of them seen
+    through a collimator, ``collimated_field``, as ``detect_levels`` sees such a frame)."""
     for fr in frames:
         g, img = fr["geometry"], fr["image"]
         vf = LV.view_frame(g, img.shape)
@@ -140,7 +166,12 @@ def features_of_frames(frames, rng: np.random.Generator, group: int, data: dict,
         base = vf.norm_image(img).astype(np.float32)
         for k in range(augment + 1):
             norm, mirrored = (base, False) if k == 0 else augment_view(base, rng, vf.kind, P)
-            sm = smooth_for_features(LV._quarter(norm), pxs)
+            small = LV._quarter(norm)
+            fld = None
+            if k > 0 and rng.random() < COLLIMATED_FRACTION:
+                fld = LV._Field.of_rect(collimated_field(norm.shape, rng), norm.shape)
+                small = LV._fill_outside(small, fld.small_mask, 10.0 * pxs)
+            sm = LV.naming_image(small, pxs, fld)
             for dn, p in fr["discs"].items():
                 if dn not in CLASSES:
                     continue
@@ -148,6 +179,8 @@ def features_of_frames(frames, rng: np.random.Generator, group: int, data: dict,
                 if mirrored:
                     q[0] = img.shape[1] - 1 - q[0]
                 if not (10 <= q[0] < img.shape[1] - 10 and 10 <= q[1] < img.shape[0] - 10):
+                    continue
+                if fld is not None and not fld.contains(q, LV.FIELD_EDGE_MM * P):
                     continue
                 for _ in range(3):
                     jx, jy = rng.normal(0, 4.0) * P, rng.normal(0, 2.5) * P
@@ -294,7 +327,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=MODEL_PATH)
     ap.add_argument("--frames-dir", type=Path, default=None,
                     help="reuse pickled frames ({'spec', 'frames'}) instead of rendering")
-    ap.add_argument("--augment", type=int, default=2,
+    ap.add_argument("--augment", type=int, default=3,
                     help="randomised variants per frame for the names (augment_view); 0: none")
     ap.add_argument("--heatmap", action="store_true", help="train the disc heat map instead of the names")
     args = ap.parse_args(argv)
