@@ -2,14 +2,16 @@
 
 For ``N`` seeded cases (``cases.make_cases``: phantom patients never used in development,
 AP/PA and left/right laterals with jittered angles and SID, low/normal/high dose, needles to
-L2-L3/L3-L4/L4-L5, some paramedian, some stopped short or past the sac, 22/20/25 G, and
-traction in about 40 % of cases) the frames are rendered by a live ``Session`` and given to
+L2-L3/L3-L4/L4-L5, some paramedian, some stopped short or past the sac, 22/20/25 G,
+traction in about 40 % of cases, and half of the cases collimated: side blades, top and
+bottom blades or both) the frames are rendered by a live ``Session`` and given to
 the guidance as image + geometry only. The ground truth is used only here, to score:
 
 * **needle**: detection rate (all frames with a needle; and frames where the needle is
   visible at all in the displayed image -- the chain's automatic window can clip it to white
-  in the soft tissue of a lateral); tip error in mm at the isocentre (pixel distance to the
-  projected true tip x pitch / magnification), median and 95th percentile;
+  in the soft tissue of a lateral, and a blade can hide its tip); tip error in mm at the
+  isocentre (pixel distance to the projected true tip x pitch / magnification), median and
+  95th percentile;
 * **levels**: per view, the fraction of frames in which the target interspace is found
   (within 8 mm) and correctly named; and the fraction of all named interspaces that are right;
 * **interspaces** (laterals): anterior/middle/posterior height errors against the phantom's
@@ -51,16 +53,21 @@ def mm_per_px(g: Geometry) -> float:
 
 
 def needle_visible(fr: FrameRecord, min_fraction: float = 0.15) -> bool:
-    """Ground-truth visibility: some of the true needle's projected segment lies over
-    unclipped image (display < 250 and > 5) -- evaluation only."""
+    """Ground-truth visibility: the tip lies in the irradiated field and some of the true
+    needle's projected segment lies over unclipped image (display < 250 and > 5) in that
+    field -- evaluation only. (Behind the collimator's blades nothing can be seen.)"""
     nd = fr.truth.get("needle")
     if nd is None:
         return False
     a, b = np.asarray(nd["tip_px"]), np.asarray(nd["hub_px"])
     rows, cols = fr.image.shape
+    field = fr.geometry.collimator.field_px(fr.geometry.detector) or (0, rows, 0, cols)
+    r0, r1, c0, c1 = field[0] + 1, field[1] - 1, field[2] + 1, field[3] - 1
+    if not (c0 <= a[0] < c1 and r0 <= a[1] < r1):
+        return False
     ts = np.linspace(0.0, 1.0, 200)
     pts = a[None, :] + ts[:, None] * (b - a)[None, :]
-    ins = (pts[:, 0] >= 1) & (pts[:, 0] < cols - 1) & (pts[:, 1] >= 1) & (pts[:, 1] < rows - 1)
+    ins = (pts[:, 0] >= c0) & (pts[:, 0] < c1) & (pts[:, 1] >= r0) & (pts[:, 1] < r1)
     if ins.sum() < 3:
         return False
     p = np.rint(pts[ins]).astype(int)
