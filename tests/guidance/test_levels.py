@@ -220,7 +220,7 @@ def test_training_variants_mirror_the_disc_positions_with_the_image():
 
 @pytest.mark.parametrize("view", ["AP", "lateral_left", "lateral_right"])
 def test_a_collimated_frame_is_named_from_what_training_saw(view):
-    """Training sees collimated variants through ``_Field.of_rect`` (the field in normalised
+    """Training sees collimated variants through ``Field.of_rect`` (the field in normalised
     coordinates); detection finds the blades in the displayed frame (``_field``). For a frame
     blacked out around a field, in a view that flips it when normalised, both give the same
     field, and the naming image holds values only inside it (NaN behind the blades)."""
@@ -236,11 +236,11 @@ def test_a_collimated_frame_is_named_from_what_training_saw(view):
     found = LV._field(img, vf)
     (x0, y0), (x1, y1) = vf.to_norm([(c0, r0), (c1 - 1, r1 - 1)])
     rect = (int(min(y0, y1)), int(max(y0, y1)) + 1, int(min(x0, x1)), int(max(x0, x1)) + 1)
-    trained = LV._Field.of_rect(rect, img.shape)
+    trained = LV.Field.of_rect(rect, img.shape)
     assert found is not None and found.rect == trained.rect
     assert np.array_equal(found.small_mask, trained.small_mask)
     pxs = vf.px_per_mm / LV.SCALE
-    small = LV._fill_outside(LV._quarter(vf.norm_image(img).astype(np.float32)), found.small_mask, 10.0 * pxs)
+    small = LV.fill_outside(LV._quarter(vf.norm_image(img).astype(np.float32)), found.small_mask, pxs)
     sm = LV.naming_image(small, pxs, found)
     assert np.isnan(sm[~found.small_mask]).all() and np.isfinite(sm[found.small_mask]).all()
     # the training fields: 40-85 % of a side where blades close it, about the centre

@@ -856,10 +856,12 @@ def remeasure_disc(norm: np.ndarray, px_per_mm: float, prev: RefinedDisc, kind: 
 #: interspaces whose centre or body margins come this close to a collimator blade's edge
 #: (mm at the isocentre) are left out: the step to black looks like an endplate
 FIELD_EDGE_MM = 4.0
+#: blur of the continuation of the field behind the blades (``fill_outside``)
+FILL_SIGMA_MM = 10.0
 
 
 @dataclass(frozen=True)
-class _Field:
+class Field:
     """The irradiated field of a collimated frame in normalised coordinates: full-res
     ``(row0, row1, col0, col1)`` and a quarter-res mask of the wholly irradiated pixels."""
 
@@ -871,7 +873,7 @@ class _Field:
         return c0 + margin_px <= p_norm[0] < c1 - margin_px and r0 + margin_px <= p_norm[1] < r1 - margin_px
 
     @classmethod
-    def of_rect(cls, rect: tuple[int, int, int, int], shape: tuple[int, int]) -> "_Field":
+    def of_rect(cls, rect: tuple[int, int, int, int], shape: tuple[int, int]) -> "Field":
         """The field of a normalised frame of ``shape`` irradiated inside ``rect``."""
         m = np.zeros(shape, np.float32)
         r0, r1, c0, c1 = rect
@@ -879,20 +881,20 @@ class _Field:
         return cls(tuple(map(int, rect)), _quarter(m) > 0.999)
 
 
-def _field(img: np.ndarray, vf: ViewFrame) -> _Field | None:
+def _field(img: np.ndarray, vf: ViewFrame) -> Field | None:
     """The collimated field of a frame (None when the beam covers it all), normalised."""
     rows, cols = img.shape
     r0, r1, c0, c1 = F.field_rect(img)
     if (r0, r1, c0, c1) == (0, rows, 0, cols):
         return None
     (x0, y0), (x1, y1) = vf.to_norm([(c0, r0), (c1 - 1, r1 - 1)])
-    return _Field.of_rect((int(min(y0, y1)), int(max(y0, y1)) + 1, int(min(x0, x1)), int(max(x0, x1)) + 1),
+    return Field.of_rect((int(min(y0, y1)), int(max(y0, y1)) + 1, int(min(x0, x1)), int(max(x0, x1)) + 1),
                           (rows, cols))
 
 
-def naming_image(small: np.ndarray, pxs: float, fld: _Field | None) -> np.ndarray:
+def naming_image(small: np.ndarray, pxs: float, fld: Field | None) -> np.ndarray:
     """The image the naming windows are sampled from (``naming.smooth_for_features`` of the
-    quarter-res frame, filled behind the blades by ``_fill_outside``): NaN behind the blades,
+    quarter-res frame, filled behind the blades by ``fill_outside``): NaN behind the blades,
     as beyond the frame's edge. Shared by detection and training."""
     from openfluoro.guidance import naming
 
@@ -902,15 +904,16 @@ def naming_image(small: np.ndarray, pxs: float, fld: _Field | None) -> np.ndarra
     return sm
 
 
-def _fill_outside(small: np.ndarray, inside: np.ndarray, sigma_px: float) -> np.ndarray:
-    """``small`` with the pixels outside the field replaced by a smooth continuation of the
-    field (nearest field pixel, then blurred), so that the blades' edges make no bands."""
+def fill_outside(small: np.ndarray, inside: np.ndarray, pxs: float) -> np.ndarray:
+    """``small`` (quarter resolution, ``pxs`` pixels per mm) with the pixels outside the field
+    replaced by a smooth continuation of the field (nearest field pixel, blurred over
+    ``FILL_SIGMA_MM``), so that the blades' edges make no bands."""
     from scipy import ndimage
 
     if not inside.any():
         return small
     _, (ri, ci) = ndimage.distance_transform_edt(~inside, return_indices=True)
-    cont = F.blur(np.ascontiguousarray(small[ri, ci], np.float32), sigma_px)
+    cont = F.blur(np.ascontiguousarray(small[ri, ci], np.float32), FILL_SIGMA_MM * pxs)
     return np.where(inside, small, cont).astype(np.float32)
 
 
@@ -924,7 +927,7 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
     pxs = vf.px_per_mm / SCALE
     fld = _field(img, vf)
     if fld is not None:
-        small = _fill_outside(small, fld.small_mask, 10.0 * pxs)
+        small = fill_outside(small, fld.small_mask, pxs)
     cands, bank = disc_candidates(small, pxs, vf.kind)
     if fld is not None:
         edge = FIELD_EDGE_MM * vf.px_per_mm
@@ -1029,7 +1032,7 @@ def _refine_near(norm: np.ndarray, vf: ViewFrame, cn, c: DiscCandidate, rd: "Ref
 
 
 def _heatmap_candidates(small: np.ndarray, pxs: float, bank: np.ndarray, kind: str,
-                        fld: _Field | None = None) -> list[DiscCandidate]:
+                        fld: Field | None = None) -> list[DiscCandidate]:
     """The chain of interspaces from the learned heat map, as quarter-res candidates. Behind
     a collimator's blades the channels are zero, as beyond the frame's edge, and no
     interspace is placed there or at the blades' edges."""

@@ -169,8 +169,8 @@ def features_of_frames(frames, rng: np.random.Generator, group: int, data: dict,
             small = LV._quarter(norm)
             fld = None
             if k > 0 and rng.random() < COLLIMATED_FRACTION:
-                fld = LV._Field.of_rect(collimated_field(norm.shape, rng), norm.shape)
-                small = LV._fill_outside(small, fld.small_mask, 10.0 * pxs)
+                fld = LV.Field.of_rect(collimated_field(norm.shape, rng), norm.shape)
+                small = LV.fill_outside(small, fld.small_mask, pxs)
             sm = LV.naming_image(small, pxs, fld)
             for dn, p in fr["discs"].items():
                 if dn not in CLASSES:
