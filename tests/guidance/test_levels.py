@@ -248,3 +248,31 @@ def test_a_collimated_frame_is_named_from_what_training_saw(view):
         a0, a1, b0, b1 = collimated_field((512, 512), np.random.default_rng(seed))
         assert 0 <= a0 < a1 <= 512 and 0 <= b0 < b1 <= 512
         assert (a1 - a0 == 512 or 0.4 * 512 <= a1 - a0 <= 0.9 * 512) and (b1 - b0 == 512 or 0.35 * 512 <= b1 - b0 <= 0.9 * 512)
+
+
+def test_the_guide_keeps_a_positions_labels_when_the_field_is_narrowed(frames, monkeypatch):
+    """Levels are detected once per C-arm position, and the collimator is not part of the
+    position: counted on an open frame, the labels stay when the blades close in (a tight
+    field has fewer interspaces and no anchors to count from)."""
+    from dataclasses import replace
+
+    from openfluoro.geometry.carm import Collimator
+    from openfluoro.guidance import puncture as PG
+
+    _, ap, _ = frames
+    calls = []
+    real = LV.detect_levels
+
+    def detect(image, geometry):
+        calls.append(geometry)
+        return real(image, geometry)
+
+    monkeypatch.setattr(PG, "detect_levels", detect)
+    guide = PG.PunctureGuide("L4-L5")
+    guide.update(ap.image, ap.geometry)
+    narrowed = replace(ap.geometry, collimator=Collimator(150.0, 120.0))
+    image = ap.image.copy()
+    r0, r1, c0, c1 = narrowed.collimator.field_px(narrowed.detector)
+    image[:r0], image[r1:], image[:, :c0], image[:, c1:] = 0, 0, 0, 0
+    guide.update(image, narrowed)
+    assert len(calls) == 1 and guide.levels_at(narrowed) is guide.levels_at(ap.geometry)
