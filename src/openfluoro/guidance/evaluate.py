@@ -122,7 +122,8 @@ def score_levels(res: LevelResult, fr: FrameRecord, target: str | None) -> dict:
     if target is not None and target in truth:
         mine = res.disc(target)
         tgt_ok = bool(mine is not None and float(np.hypot(*(np.asarray(mine.centre_px) - truth[target]))) * k <= MATCH_MM)
-    return {"view": res.view, "target_ok": tgt_ok, "named_ok": named_ok, "named": named, "dose": fr.dose_mode}
+    return {"view": res.view, "target_ok": tgt_ok, "named_ok": named_ok, "named": named, "dose": fr.dose_mode,
+            "collimated": fr.geometry.collimator.field_px(fr.geometry.detector) is not None}
 
 
 def score_heights(heights, fr: FrameRecord) -> list[dict]:
@@ -334,6 +335,11 @@ def summarise(scores: Scores) -> tuple[str, dict[str, float]]:
     named = sum(r["named"] for r in scores.level if r["view"] != "ap+lateral")
     named_ok = sum(r["named_ok"] for r in scores.level if r["view"] != "ap+lateral")
     lines.append(f"  named interspaces correct: {named_ok}/{named}")
+    per_view = [r for r in scores.level if r["view"] in ("ap", "lateral") and r["target_ok"] is not None]
+    if any(r.get("collimated") for r in per_view):
+        part = {c: [r["target_ok"] for r in per_view if bool(r.get("collimated")) == c] for c in (False, True)}
+        lines.append(f"  target interspace named right per view: open field {sum(part[False])}/{len(part[False])}, "
+                     f"collimated {sum(part[True])}/{len(part[True])}")
     both = [r for r in scores.level if r["view"] == "ap+lateral"]
     if both:
         wrong = [r for r in both if r["target_ok"] is False]
