@@ -40,7 +40,7 @@ from openfluoro.geometry.carm import Geometry
 from openfluoro.guidance.cases import CaseRecord, FrameRecord, case_patient, make_cases, run_case
 from openfluoro.guidance.decompression import DecompressionMonitor
 from openfluoro.guidance.depth import SacModel, distance_to_sac, epipolar_line, needle_from_views
-from openfluoro.guidance.interspace import InterspaceTracker, measure_interspaces, px_per_mm_at_isocentre
+from openfluoro.guidance.interspace import InterspaceTracker, measure_interspaces
 from openfluoro.guidance.levels import (NAMING_CONFIDENCE_MIN, LevelResult, count_uncertain, detect_levels,
                                         endplate_segments, reconcile_names)
 from openfluoro.guidance.needle import NeedleDetection, NeedleTracker
@@ -49,7 +49,7 @@ MATCH_MM = 8.0
 
 
 def mm_per_px(g: Geometry) -> float:
-    return 1.0 / px_per_mm_at_isocentre(g)
+    return 1.0 / g.px_per_mm_at_isocentre
 
 
 def needle_visible(fr: FrameRecord, min_fraction: float = 0.15) -> bool:

@@ -43,7 +43,8 @@ def magnification(geometry: Geometry, depth_offset_mm: float = 0.0) -> float:
 
 def px_per_mm_at_isocentre(geometry: Geometry, depth_offset_mm: float = 0.0) -> float:
     """Image pixels per millimetre of an object in the plane through the isocentre (or
-    ``depth_offset_mm`` beyond it) parallel to the detector."""
+    ``depth_offset_mm`` beyond it) parallel to the detector; at the isocentre itself,
+    ``Geometry.px_per_mm_at_isocentre``."""
     return magnification(geometry, depth_offset_mm) / geometry.detector.image_pitch_mm
 
 
@@ -281,7 +282,7 @@ def measure_interspaces(image: np.ndarray | None, geometry: Geometry, levels: Le
         levels = detect_levels(image, geometry)
     if levels.frame is None:
         return []
-    P = px_per_mm_at_isocentre(geometry)
+    P = geometry.px_per_mm_at_isocentre
     if image is None:
         return [heights_of(d.refined, levels.frame, d.name, P, STEEPEST_OFFSET_MM)
                 for d in levels.discs if d.refined is not None]
@@ -296,7 +297,7 @@ def _centroid_heights(norm: np.ndarray, geometry: Geometry, frame: ViewFrame,
     widened for the ray obliquity; the lower lines behind the pelvis searched first as whole
     lines, ``lower_line_search``), the caudal lines bounded (``caudal_wedge_bound``) and the obliquity
     corrected."""
-    P = px_per_mm_at_isocentre(geometry)
+    P = geometry.px_per_mm_at_isocentre
     pp = central_ray_px(geometry, frame)
     lines = [(name, centroid_lines(norm, P, lower_line_search(norm, P, rd) if name in LINE_SEARCH_LEVELS else rd,
                                    CENTROID_HALF_MM + BAND_HALF_WIDTH_MM * ray_obliquity(geometry, frame, rd, pp)))
@@ -434,7 +435,7 @@ class InterspaceTracker:
         assert self.levels is not None and self.levels.frame is not None
         vf = self.levels.frame
         norm = vf.norm_image(np.asarray(image)).astype(np.float32)
-        P = px_per_mm_at_isocentre(geometry)
+        P = geometry.px_per_mm_at_isocentre
         new_discs = []
         for i, (name, rd) in enumerate(self._discs):
             new = remeasure_disc(norm, P, rd, vf.kind)

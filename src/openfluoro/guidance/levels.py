@@ -931,7 +931,8 @@ def detect_levels(image: np.ndarray, geometry: Geometry) -> LevelResult:
     cands, bank = disc_candidates(small, pxs, vf.kind)
     if fld is not None:
         edge = FIELD_EDGE_MM * vf.px_per_mm
-        cands = [c for c in cands if fld.contains((c.x * SCALE + 1.5, c.y * SCALE + 1.5), edge)]
+        half = (SCALE - 1) / 2.0
+        cands = [c for c in cands if fld.contains((c.x * SCALE + half, c.y * SCALE + half), edge)]
     ax = None
     if vf.kind == "ap":
         ax = column_axis(small, pxs)

@@ -33,7 +33,6 @@ import numpy as np
 
 from openfluoro.geometry.carm import Geometry
 from openfluoro.guidance.depth import Needle3D, SacDistance, SacModel, distance_to_sac, epipolar_line, needle_from_views
-from openfluoro.guidance.interspace import px_per_mm_at_isocentre
 from openfluoro.guidance.background import RETRY_EMPTY_FRAMES, BackgroundDetection, pose_key
 from openfluoro.guidance.levels import (LevelResult, count_uncertain, detect_levels, endplate_segments,
                                         reconcile_names, view_frame)
@@ -186,7 +185,7 @@ class PunctureGuide:
             self._latest[view] = (geometry, det)
         if any("csf_return" in e for e in events):
             self.csf_return = True
-        P = px_per_mm_at_isocentre(geometry)
+        P = geometry.px_per_mm_at_isocentre
         warnings: list[str] = []
         messages: list[str] = []
         if conflicts:
