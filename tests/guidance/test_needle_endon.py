@@ -1,6 +1,7 @@
 """Needle seen (nearly) end-on, and the tracker's cheap steady state (synthetic frames)."""
 
 import numpy as np
+import pytest
 
 from openfluoro.geometry.carm import CArmPose, Detector, Geometry, standard_view
 from openfluoro.guidance.needle import END_ON_MM, NeedleTracker, detect_needle
@@ -162,5 +163,64 @@ def test_segment_ends_where_the_line_beyond_a_gap_shows_under_half_the_needles_c
         det = detect_needle(img, g)
         assert det.found and np.hypot(*(np.asarray(det.tip_px) - tip)) < 3.0
     monkeypatch.setattr(N, "CONTRAST_STEP_MIN", 0.0)
+    monkeypatch.setattr(N, "BLACK_RUN_MIN", 2.0)        # nor cut where a black needle could not be
     far = [detect_needle(img, g) for img in frames]
     assert max(float(np.hypot(*(np.asarray(d.tip_px) - tip))) for d in far if d.found) > 15.0
+
+
+def _black_needle(seed, tail, tip, beyond_px=0.0, beyond_depth=0.0):
+    """A needle denser than the display's black (its core clipped to 0) on a smooth background,
+    and ``beyond_px`` of a fainter bar (``beyond_depth``) going on in line past the tip with
+    no gap (a spinous edge)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:512, 0:512].astype(float)
+    img = 140.0 + 15.0 * np.sin(xx / 80.0) + 10.0 * np.cos(yy / 60.0)
+    a, b = np.asarray(tail, float), np.asarray(tip, float)
+    u = (b - a) / np.hypot(*(b - a))
+    for (p, q), depth in (((a, b), 250.0), ((b, b + beyond_px * u), beyond_depth)):
+        L = max(np.hypot(*(q - p)), 1e-6)
+        t = np.clip((xx - p[0]) * u[0] + (yy - p[1]) * u[1], 0.0, L)
+        r = np.hypot(xx - (p[0] + t * u[0]), yy - (p[1] + t * u[1]))
+        img = img - depth * np.clip(1.7 - r, 0.0, 1.0)
+    return np.clip(img + rng.normal(0.0, 2.0, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("gap_centre", [0.0, 16.0])
+def test_a_gap_over_dark_bone_is_empty_only_where_a_black_needle_could_not_be(gap_centre):
+    """A needle black along its run crosses 20 px of bone whose grey (30) is below the needle's
+    contrast (140): with a black centre there it shows 30, all the room the display leaves
+    it, and the gap is bridged (judged against the needle's full contrast it was cut). A
+    centre of 16 there (still over a third of the room) is brighter than a needle at least
+    as dark as that could leave it: the gap is empty."""
+    from openfluoro.guidance import needle as N
+
+    n, g0, g1 = 300, 120, 160
+    gap = np.zeros(n, bool)
+    gap[g0:g1] = True
+    flank = np.where(gap, 30.0, 140.0)
+    centre = np.where(gap, gap_centre, 0.0)
+    above = flank - centre
+    on, off = ~gap, gap.copy()
+    clip = N._Clipping(centre <= 4.0, centre, flank.copy(), flank, np.ones(n, bool), flank.copy())
+    pieces = N._split_at_empty_gaps(above, on, off, np.zeros(n, bool), 0, n - 1, clip)
+    assert pieces == ([(0, n - 1)] if gap_centre == 0.0 else [(0, g0 - 1), (g1, n - 1)])
+    assert N._split_at_empty_gaps(above, on, off, np.zeros(n, bool), 0, n - 1) == [(0, g0 - 1), (g1, n - 1)]
+
+
+def test_a_black_needles_line_going_on_above_black_ends_at_the_tip(monkeypatch):
+    """In line past the tip of a needle clipped to black, a bar brighter than black over the
+    same background cannot be the needle, which would be black there too: the tip is where
+    the black ends. Without the cut the tip is the bar's far end, 20 px off."""
+    from openfluoro.guidance import needle as N
+
+    g = _ap_geometry()
+    tail, tip = np.array([256.0, 370.0]), np.array([252.0, 250.0])
+    frames = [_black_needle(seed, tail, tip, beyond_px=20.0, beyond_depth=75.0) for seed in (90, 91, 92)]
+    for img in frames:
+        det = detect_needle(img, g)
+        ends = sorted([np.asarray(det.tip_px), np.asarray(det.tail_px)], key=lambda p: p[1])
+        assert det.found and np.hypot(*(ends[0] - tip)) < 3.0 and np.hypot(*(ends[1] - tail)) < 3.0
+    monkeypatch.setattr(N, "BLACK_RUN_MIN", 2.0)
+    uncut = [detect_needle(img, g) for img in frames]
+    assert min(min(np.hypot(*(np.asarray(d.tip_px) - tip)), np.hypot(*(np.asarray(d.tail_px) - tip)))
+               for d in uncut) > 15.0

@@ -76,6 +76,11 @@ GAP_MIN_FRACTION = 0.35
 #: than the needle is lower still)
 CONTRAST_STEP_MIN = 0.5
 CONTRAST_STEP_BLACK_MAX = 0.5
+#: a run clipped to black over at least this fraction of its samples is a needle denser than
+#: the window's black (``_Clipping``): where its line shows a centre more than
+#: ``BLACK_END_EXCESS`` grey levels brighter than the needle could leave, it is not there
+BLACK_RUN_MIN = 0.8
+BLACK_END_EXCESS = 12.0
 #: in a lateral-like view, a needle-like segment at least this much longer than the best
 #: scoring one, which lies within ``SUBSUME_TOL_PX`` of it along all its length, is taken
 #: instead: the same needle, the short one a line met at a slight angle (development cases
@@ -173,7 +178,7 @@ class _Line:
     asym: float = 0.0
     width: float = 0.0
     resid: float = 0.0
-    dark_end: tuple[bool, bool] = (False, False)     # an end followed into clipped-black background
+    dark_end: tuple[bool, bool] = (False, False)     # an end where the needle's black centre ends
 
 
 def _q(x, q: float) -> float:
@@ -355,16 +360,48 @@ def _runs_nb(on, off, max_gap, min_len):
     return out[:m]
 
 
-def _split_at_empty_gaps(above: np.ndarray, on: np.ndarray, off: np.ndarray, black: np.ndarray, a: int, b: int
-                         ) -> list[tuple[int, int]]:
+@dataclass(frozen=True)
+class _Clipping:
+    """Where the display's black clips a needle along a profile. The display is linear in
+    attenuation and a needle's attenuation adds to the background's, so its contrast is the
+    same along it wherever neither is clipped; denser than the window's black, it shows only
+    as much as the background's grey above black (``room``). And a needle seen black over a
+    background is at least that dark (its contrast at least the background's grey there), so
+    over a background no brighter it is black too: a centre brighter than that is no needle."""
+
+    blk: np.ndarray            # centre clipped to black
+    centre: np.ndarray         # darkest of the centre samples
+    near: np.ndarray           # darker of the samples 2 px either side
+    flank: np.ndarray          # mean grey of the flanks (the background)
+    valid: np.ndarray
+    room: np.ndarray           # most contrast the display can show, in the units of ``above``
+
+    def no_needle(self, a: int, b: int) -> np.ndarray | None:
+        """Samples too bright for a needle black along most of the run [a, b]
+        (``BLACK_RUN_MIN``): the centre above black and, over three samples in a row (1.5 px),
+        by more than ``BLACK_END_EXCESS`` brighter than the needle could leave it, with no
+        black 2 px beside it (a line drifting off the needle). None for a run not clipped."""
+        if b - a < 8 or float(np.mean(self.blk[a:b + 1])) < BLACK_RUN_MIN:
+            return None
+        own = float(_q(self.flank[a:b + 1][self.blk[a:b + 1]], 0.9))     # its contrast, at least
+        excess = self.centre - np.maximum(self.flank - own, 0.0)
+        seen = self.valid & ~self.blk & (self.near > 4.0)
+        return np.convolve(np.where(seen, excess, 0.0), np.full(3, 1.0 / 3.0), "same") > BLACK_END_EXCESS
+
+
+def _split_at_empty_gaps(above: np.ndarray, on: np.ndarray, off: np.ndarray, black: np.ndarray, a: int, b: int,
+                         clip: _Clipping | None = None) -> list[tuple[int, int]]:
     """The run [a, b] cut at every gap (over 2 px between "on" samples) whose unclipped ("off")
-    samples show on average less than ``GAP_MIN_FRACTION`` of the contrast on the weaker side
-    (upper quartile of the "on" samples from the last cut to the gap, and from the gap to the
-    run's end), or whose weaker side, not black, shows less than ``CONTRAST_STEP_MIN`` of the
-    stronger side's contrast."""
+    samples show on average less than ``GAP_MIN_FRACTION`` of the contrast the needle would
+    show there -- the weaker side's level (upper quartile of the "on" samples from the last cut
+    to the gap, and from the gap to the run's end), or the background's room for it
+    (``_Clipping.room``) where that is less -- or whose weaker side, not black, shows less than
+    ``CONTRAST_STEP_MIN`` of the stronger side's contrast, or where a needle black along the
+    run would be black and the gap is not (``_Clipping.no_needle``)."""
     idx = np.flatnonzero(on[a:b + 1]) + a
     if GAP_MIN_FRACTION <= 0.0 or len(idx) < 2:
         return [(a, b)]
+    no_needle = clip.no_needle(a, b) if clip is not None else None
     out = []
     first = int(idx[0])
     for k in np.flatnonzero(np.diff(idx) > 4):
@@ -377,8 +414,10 @@ def _split_at_empty_gaps(above: np.ndarray, on: np.ndarray, off: np.ndarray, bla
         weak = int(level[1] < level[0])
         i, j = sides[weak]
         black_weak = float(np.mean(black[i:j][on[i:j]]))
-        if float(np.mean(above[g0:g1][seen])) < GAP_MIN_FRACTION * level[weak] or \
-                (level[weak] < CONTRAST_STEP_MIN * level[1 - weak] and black_weak < CONTRAST_STEP_BLACK_MAX):
+        expected = level[weak] if clip is None else float(np.mean(np.minimum(level[weak], clip.room[g0:g1][seen])))
+        if float(np.mean(above[g0:g1][seen])) < GAP_MIN_FRACTION * expected or \
+                (level[weak] < CONTRAST_STEP_MIN * level[1 - weak] and black_weak < CONTRAST_STEP_BLACK_MAX) or \
+                (no_needle is not None and bool(no_needle[g0:g1].any())):
             out.append((first, int(idx[k])))
             first = g1
     out.append((first, int(idx[-1])))
@@ -425,6 +464,7 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
     # such samples neither end nor extend a run
     unknown = ~on & ((np.minimum(lf, rf) < 12.0) | (np.maximum(lf, rf) > 248.0) | ~valid)
     off = ~on & ~unknown
+    clip = _Clipping(cmin <= 4.0, centre, np.minimum(prof[:, 2], prof[:, 6]), flank, valid, F.blur_1d(flank, 3.0) - base)
     runs = _runs(on, off, max_gap=16, min_len=2.0 * min_len_px)   # half-pixel samples: gaps <= 8 px
     if not runs:
         return None
@@ -440,7 +480,7 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
         off2 = off | (on & ~on2)
         min_len2 = min(2.0 * min_len_px, b - a)
         sub = _runs(on2[a:b + 1], off2[a:b + 1], max_gap=16, min_len=min_len2)
-        sub = [piece for a2, b2 in sub for piece in _split_at_empty_gaps(above, on2, off2, black, a + a2, a + b2)
+        sub = [piece for a2, b2 in sub for piece in _split_at_empty_gaps(above, on2, off2, black, a + a2, a + b2, clip)
                if piece[1] - piece[0] >= min_len2]
         for a2, b2 in sub:
             if accept is not None and not accept(float(ts[a2]), float(ts[b2])):
@@ -453,6 +493,7 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
     if best is None:
         return None
     score, a, b, m = best
+    a, b, cut = _trim_past_black(a, b, clip)
     sel = above[a:b + 1] > 0.35 * float(_med(above[a:b + 1]))
     plateau = float(_med(above[a:b + 1][sel]))
     seg = prof[a:b + 1][sel]
@@ -467,7 +508,7 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
     lnear, rnear = prof[:, 2], prof[:, 6]
     half = (cmin <= 4.0) & valid & (((F.blur_1d(lf, 1.0) >= 15.0) & (lnear >= 6.0)) |
                                    ((F.blur_1d(rf, 1.0) >= 15.0) & (rnear >= 6.0)))
-    dark_end = [False, False]
+    dark_end = list(cut)
     for end, sgn in ((0, -1), (1, +1)):
         k = a if end == 0 else b
         last = k
@@ -494,6 +535,25 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
     return line
 
 
+def _trim_past_black(a: int, b: int, clip: _Clipping) -> tuple[int, int, tuple[bool, bool]]:
+    """Ends of the run [a, b] cut back to where a needle clipped to black along it can no
+    longer be (``_Clipping.no_needle``): in line past the tip lies something else, a spinous
+    or laminar edge. Returns the ends and which of them were cut."""
+    no_needle = clip.no_needle(a, b)
+    if no_needle is None:
+        return a, b, (False, False)
+    mostly = F.blur_1d(clip.blk.astype(np.float32), 2.0) >= 0.5     # black but for a stray sample
+    ends = [a, b]
+    for end, outward in ((0, -1), (1, +1)):
+        e = k = ends[end]
+        while not mostly[k] and (k - ends[1 - end]) * outward > 0:
+            k -= outward                       # the last black stretch before the end
+        hits = [i for i in range(k, e + outward, outward) if no_needle[i]]
+        if hits:
+            ends[end] = hits[0] - outward
+    return ends[0], ends[1], (ends[0] != a, ends[1] != b)
+
+
 def _in_span(span: tuple[float, float] | None) -> Callable[[float, float], bool] | None:
     """The runs along a line ``_segment`` may take for the needle: at least half inside ``span``
     (the stretch searched), not another dark run further along in line with it -- seen from
@@ -511,7 +571,8 @@ def _end_position(line: _Line, end: int, bevel_px: float) -> float:
     ts, c = line.ts, line.c
     assert ts is not None and c is not None
     if line.dark_end[1 if end > 0 else 0]:
-        # the end was followed into black background: the needle's black centre ends there
+        # the needle's black centre ends there (followed into black background, or cut back
+        # where the line goes on above black: ``_trim_past_black``)
         return (line.t1 if end > 0 else line.t0) + end * 0.5 * bevel_px
     step = float(ts[1] - ts[0])
     i_end = int(np.clip(int(round(((line.t1 if end > 0 else line.t0) - float(ts[0])) / step)), 0, len(ts) - 1))
