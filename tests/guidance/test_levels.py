@@ -107,6 +107,36 @@ def test_names_from_the_lateral_and_conflicts_between_the_views(frames):
     assert all(CLASSES.index(a) == CLASSES.index(b) + 1 for a, b in bad.name_conflicts)
 
 
+def test_an_ap_with_two_refined_interspaces_is_named_along_its_whole_column(frames):
+    """Side blades cut most bodies' margins in an AP, so few of its interspaces are refined.
+    Two refined at one end, one of them 6 px to the side, tilted the column line through
+    which the lateral's interspaces are carried into the AP, and those far from the two
+    landed off the spine (development case 24_001: 9-21 mm, its target missed). Every
+    detected interspace places the column then."""
+    from dataclasses import replace
+
+    patient, ap, lat = frames
+    la, ll = LV.detect_levels(ap.image, ap.geometry), LV.detect_levels(lat.image, lat.geometry)
+    found = sorted((d for d in la.discs if not d.predicted), key=lambda d: d.centre_px[1])
+    refined = [d.refined for d in la.discs if d.refined is not None]
+    assert len(found) >= 4 and refined
+    first, second = found[0], found[1]
+    discs = []
+    for d in la.discs:
+        if d is first:
+            d = replace(d, centre_px=(d.centre_px[0] + 6.0, d.centre_px[1]), refined=refined[0])
+        elif d is second:
+            d = replace(d, refined=refined[0])
+        else:
+            d = replace(d, refined=None)
+        discs.append(d)
+    two = LV.transfer_names(replace(la, discs=tuple(discs)), ap.geometry, ll, lat.geometry)
+    P = ap.geometry.px_per_mm_at_isocentre
+    errors = {d.name: float(np.hypot(*(np.asarray(d.centre_px) - ap.geometry.project(
+        np.asarray(patient.landmarks["discs"][d.name]["centre"], float))[0]))) / P for d in two.discs}
+    assert len(errors) >= 4 and max(errors.values()) < 4.0, errors
+
+
 @pytest.mark.parametrize("lateral_sure", [False, True])
 def test_one_count_for_both_views_follows_the_stronger_evidence(frames, lateral_sure):
     """When the lateral counts one level off, both views take the count that the two views'

@@ -1196,7 +1196,10 @@ def transfer_names(ap: LevelResult, ap_geometry: Geometry, lateral: LevelResult,
     if ap.frame is None or lateral.frame is None or not lateral.discs:
         return ap
     seen = [d for d in ap.discs if d.refined is not None and not d.predicted]
-    if len(seen) < 2:       # too few refined: the heat-map peaks still place the column line
+    if len(seen) < 3:
+        # too few refined to place the column line (two at one end tilt it: the AP of a field
+        # narrowed by side blades, where the blades cut most bodies' margins): the heat-map
+        # peaks place it too
         seen = [d for d in ap.discs if not d.predicted]
     if len(seen) >= 2:
         pts = np.array([d.centre_px for d in seen])
