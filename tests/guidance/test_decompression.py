@@ -19,6 +19,17 @@ def test_verdicts():
     assert verdict({"L3-L4": 3.5, "L4-L5": 1.0}, plan)[0] == "over_distracted"
 
 
+def test_a_small_plan_is_not_reached_at_half_of_it():
+    """The tolerance is at most 30 % of the plan: a fixed 0.75 mm called a 1.1 mm plan reached
+    at 0.5 mm, while the pull was still ramping."""
+    ramping = {"L1-L2": 0.42, "L2-L3": 0.64, "L3-L4": 0.46}
+    assert verdict(ramping, 1.1)[0] == "not_reached"
+    assert verdict(ramping, 1.1, tolerance_mm=0.75)[0] == "reached"
+    assert verdict({"L1-L2": 1.0, "L2-L3": 0.9, "L3-L4": 1.05}, 1.1)[0] == "reached"
+    assert DecompressionMonitor(1.1).tolerance_mm == pytest.approx(0.33)
+    assert DecompressionMonitor(3.0).tolerance_mm == pytest.approx(0.75)
+
+
 def test_one_bad_level_out_of_four_does_not_raise_an_alarm():
     ok = {"L1-L2": 2.0, "L2-L3": 2.1, "L3-L4": 1.9, "L4-L5": 2.0}
     assert verdict({**ok, "L5-S1": 4.5}, 2.0)[0] == "reached"

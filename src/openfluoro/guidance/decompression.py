@@ -12,15 +12,18 @@ Verdicts, checked in this order:
   larger of 1 mm and half the plan);
 * ``uneven`` -- the levels opened by amounts that differ by more than ``uneven_mm``
   (one level taking the pull while another stays shut);
-* ``reached`` -- the median opening within ``tolerance_mm`` of the plan and none short of it
-  by more than twice that;
+* ``reached`` -- the median opening within the tolerance of the plan (by default the smaller
+  of ``TOLERANCE_MAX_MM`` and ``TOLERANCE_FRACTION`` of the plan) and none short of it by
+  more than twice that;
 * ``not_reached`` -- otherwise (still ramping, or the pull is too weak).
 
 With four or more levels the single most extreme level on each side is ignored for
 "over_distracted" and "uneven" (one badly measured interspace -- low dose, the pelvis over
-L5-S1 -- must not raise an alarm by itself). The defaults (0.75 mm tolerance, 1.5 mm spread)
-sit above the measurement noise of a single low-dose lateral (~0.45 mm mean error of a
-height change).
+L5-S1 -- must not raise an alarm by itself). The defaults (at most 0.75 mm tolerance, 1.5 mm
+spread) sit above the measurement noise of a single low-dose lateral (~0.45 mm mean error of
+a height change). The tolerance is also at most 30 % of the plan: a fixed 0.75 mm called a
+1.1 mm plan reached at 0.46 mm, while the pull was still ramping (development cases 15_010,
+20_009, 25_006).
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ import numpy as np
 from openfluoro.guidance.interspace import InterspaceHeight
 
 MONITORED = ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")
+#: the default tolerance on the plan: the smaller of this (mm) ...
+TOLERANCE_MAX_MM = 0.75
+#: ... and this fraction of the planned opening
+TOLERANCE_FRACTION = 0.3
+
+
+def default_tolerance_mm(planned_mm: float) -> float:
+    """How far short of the plan the median opening may be and still count as reached."""
+    return min(TOLERANCE_MAX_MM, TOLERANCE_FRACTION * float(planned_mm))
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,7 @@ class DecompressionVerdict:
                 "message": self.message, "baseline_mm": dict(self.baseline_mm), "current_mm": dict(self.current_mm)}
 
 
-def verdict(changes_mm: Mapping[str, float], planned_mm: float, tolerance_mm: float = 0.75,
+def verdict(changes_mm: Mapping[str, float], planned_mm: float, tolerance_mm: float | None = None,
             uneven_mm: float = 1.5, over_margin_mm: float | None = None) -> tuple[str, str]:
     """(verdict, message) for per-level openings against the plan (see module docstring).
 
@@ -61,6 +73,8 @@ def verdict(changes_mm: Mapping[str, float], planned_mm: float, tolerance_mm: fl
         raise ValueError(f"planned distraction must be > 0 mm, got {planned_mm}")
     if not changes_mm:
         return "no_baseline", "no interspace measured in both the baseline and the current frame"
+    if tolerance_mm is None:
+        tolerance_mm = default_tolerance_mm(planned_mm)
     over = max(1.0, 0.5 * planned_mm) if over_margin_mm is None else over_margin_mm
     items = sorted(((float(v), k) for k, v in changes_mm.items()))
     n = len(items)
@@ -82,14 +96,14 @@ def verdict(changes_mm: Mapping[str, float], planned_mm: float, tolerance_mm: fl
 class DecompressionMonitor:
     """Baseline interspace heights, their change during traction, and the verdict."""
 
-    def __init__(self, planned_mm: float, tolerance_mm: float = 0.75, uneven_mm: float = 1.5,
+    def __init__(self, planned_mm: float, tolerance_mm: float | None = None, uneven_mm: float = 1.5,
                  levels: Sequence[str] = MONITORED, average_frames: int = 3, quantity: str = "middle_mm") -> None:
         if planned_mm <= 0:
             raise ValueError(f"planned distraction must be > 0 mm, got {planned_mm}")
         if quantity not in ("anterior_mm", "middle_mm", "posterior_mm"):
             raise ValueError(f"quantity must be anterior_mm, middle_mm or posterior_mm, got {quantity!r}")
         self.planned_mm = float(planned_mm)
-        self.tolerance_mm = float(tolerance_mm)
+        self.tolerance_mm = default_tolerance_mm(planned_mm) if tolerance_mm is None else float(tolerance_mm)
         self.uneven_mm = float(uneven_mm)
         self.levels = tuple(levels)
         self.quantity = quantity
