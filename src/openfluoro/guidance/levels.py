@@ -1039,18 +1039,17 @@ def _heatmap_candidates(small: np.ndarray, pxs: float, bank: np.ndarray, kind: s
     interspace is placed there or at the blades' edges."""
     ch = heatmap_channels(small, pxs, bank)
     if fld is not None:
-        gy = np.minimum(np.rint(np.arange(ch.shape[1]) * GRID_MM * pxs).astype(int), small.shape[0] - 1)
-        gx = np.minimum(np.rint(np.arange(ch.shape[2]) * GRID_MM * pxs).astype(int), small.shape[1] - 1)
-        grid_in = fld.small_mask[np.ix_(gy, gx)]
-        ch = ch * grid_in[None]
+        ys, xs = grid_to_small(np.arange(ch.shape[1]), pxs), grid_to_small(np.arange(ch.shape[2]), pxs)
+        gy = np.minimum(np.rint(ys).astype(int), small.shape[0] - 1)
+        gx = np.minimum(np.rint(xs).astype(int), small.shape[1] - 1)
+        ch = ch * fld.small_mask[np.ix_(gy, gx)][None]
     S = disc_heatmap(ch, kind)
     if S is None:
         return []
     if fld is not None:
         r0, r1, c0, c1 = fld.rect
         e = FIELD_EDGE_MM * pxs * SCALE
-        yy = np.arange(S.shape[0]) * GRID_MM * pxs * SCALE
-        xx = np.arange(S.shape[1]) * GRID_MM * pxs * SCALE
+        yy, xx = ys[:S.shape[0]] * SCALE, xs[:S.shape[1]] * SCALE
         ok = ((yy >= r0 + e) & (yy < r1 - e))[:, None] & ((xx >= c0 + e) & (xx < c1 - e))[None, :]
         S = np.where(ok, S, np.float32(-50.0))
     A = bank.argmax(axis=0)

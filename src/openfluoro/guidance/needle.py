@@ -190,12 +190,13 @@ def _med(x) -> float:
     return float(F.median(np.ascontiguousarray(x, dtype=np.float64).ravel()))
 
 
-def _mask_for(image: np.ndarray) -> np.ndarray:
+def _mask_for(image: np.ndarray, field: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Pixels worth searching: not the burnt-in frame counter, not the collimated (black)
-    borders nor the few pixels inside their edges, where the step to black looks like a line."""
+    borders nor the few pixels inside their edges, where the step to black looks like a line.
+    ``field``: the frame's ``_filters.field_rect`` where already found."""
     rows, cols = image.shape
     m = np.zeros((rows, cols), bool)
-    r0, r1, c0, c1 = F.field_rect(image)
+    r0, r1, c0, c1 = F.field_rect(image) if field is None else field
     e = FIELD_EDGE_PX if (r0, r1, c0, c1) != (0, rows, 0, cols) else 0
     m[r0 + (e if r0 else 0):r1 - (e if r1 < rows else 0), c0 + (e if c0 else 0):c1 - (e if c1 < cols else 0)] = True
     cr, cc = F.counter_box(image.shape)
@@ -203,9 +204,10 @@ def _mask_for(image: np.ndarray) -> np.ndarray:
     return m
 
 
-def frame_noise(image: np.ndarray) -> float:
-    """Pixel-noise SD of a displayed frame, in its irradiated field (blank blades have none)."""
-    r0, r1, c0, c1 = F.field_rect(image)
+def frame_noise(image: np.ndarray, field: tuple[int, int, int, int] | None = None) -> float:
+    """Pixel-noise SD of a displayed frame, in its irradiated field (blank blades have none;
+    ``field``: the frame's ``_filters.field_rect`` where already found)."""
+    r0, r1, c0, c1 = F.field_rect(image) if field is None else field
     a = image if image.dtype == np.uint8 else np.asarray(image, np.float32)
     return F.noise_sigma(np.ascontiguousarray(a[r0:r1, c0:c1]))
 
@@ -506,7 +508,7 @@ def _segment(img: np.ndarray, line: _Line, noise_px: float, min_len_px: float,
     line.width = float(np.mean(fl - mid2) / max(np.mean(fl - seg[:, 3:6].min(axis=1)), 1e-3))
     # follow an end into clipped-black background while one flank still shows the needle
     lnear, rnear = prof[:, 2], prof[:, 6]
-    half = (cmin <= 4.0) & valid & (((F.blur_1d(lf, 1.0) >= 15.0) & (lnear >= 6.0)) |
+    half = clip.blk & valid & (((F.blur_1d(lf, 1.0) >= 15.0) & (lnear >= 6.0)) |
                                    ((F.blur_1d(rf, 1.0) >= 15.0) & (rnear >= 6.0)))
     dark_end = list(cut)
     for end, sgn in ((0, -1), (1, +1)):
@@ -686,13 +688,14 @@ def _sees_from_side(geometry: Geometry, shape: tuple[int, int]) -> bool:
 
 
 def _orient(line: _Line, image: np.ndarray, geometry: Geometry, prior: TipPrior | None,
-            bevel_px: float) -> tuple[np.ndarray, np.ndarray, float, str]:
-    """Return (tip, tail, side_confidence, cue) for a segmented line."""
+            bevel_px: float, field: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, float, str]:
+    """Return (tip, tail, side_confidence, cue) for a segmented line (``field``: the frame's
+    ``_filters.field_rect``)."""
     rows, cols = image.shape
     e0 = line.p0 + line.t0 * line.d
     e1 = line.p0 + line.t1 * line.d
     votes: list[tuple[float, str]] = []   # positive: the t1 end is the tip
-    r0, r1, c0, c1 = F.field_rect(image)
+    r0, r1, c0, c1 = field
 
     def near_border(p):
         # the frame's edge, or a collimator blade's (whose edge the line search keeps off)
@@ -1080,9 +1083,10 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
     img = np.ascontiguousarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"detect_needle: expected a 2-D grey image, got shape {image.shape}")
-    mask = _mask_for(img)
+    field = F.field_rect(img)                # found once: the search mask, the noise, the tip's end
+    mask = _mask_for(img, field)
     if noise is None:
-        noise = frame_noise(image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else img)
+        noise = frame_noise(image if isinstance(image, np.ndarray) and image.dtype == np.uint8 else img, field)
     px_per_mm = geometry.px_per_mm_at_isocentre
     min_len = min_length_mm * px_per_mm
     excl = {"exclude": exclude_segments, "exclude_tol_px": EXCLUDE_TOL_MM * px_per_mm}
@@ -1125,7 +1129,7 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
             blob = None
     if blob is not None:
         noise_c = noise / math.sqrt(3.0) + 0.2
-        tip, tail, side_conf, cue = _orient(blob, img, geometry, prior, 0.0)
+        tip, tail, side_conf, cue = _orient(blob, img, geometry, prior, 0.0, field)
         if blob.t1 - blob.t0 < END_ON_MM * px_per_mm:
             # too short to tell its ends apart: the tip is within half the spot of its centre
             tip = blob.p0 + 0.5 * (blob.t0 + blob.t1) * blob.d
@@ -1137,7 +1141,7 @@ def detect_needle(image: np.ndarray, geometry: Geometry, prior: TipPrior | None 
     if best is None:
         return NOT_FOUND
     bevel_px = _projected_bevel_px(geometry, best.p0, best.d, needle_od_mm, foreshortening)
-    tip, tail, side_conf, cue = _orient(best, img, geometry, prior, bevel_px)
+    tip, tail, side_conf, cue = _orient(best, img, geometry, prior, bevel_px, field)
     conf = float(1.0 - math.exp(-max(0.0, best.score - 6.0) / 15.0))
     return NeedleDetection(True, (float(tip[0]), float(tip[1])), (float(tail[0]), float(tail[1])), conf,
                            float(best.contrast), float(best.cnr), side_conf, cue, roi is not None or window is not None,
